@@ -1,0 +1,130 @@
+//! Command-line arguments (clap derive). Parsed here, resolved into validated values by the
+//! commands themselves; nothing below this module sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// pdrelay: durable PagerDuty Events API forwarder for monitored hosts.
+#[derive(Debug, Parser)]
+#[command(name = "pdrelay", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file [default: /etc/pdrelay/config.toml].
+    #[arg(long, global = true, env = "PDRELAY_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service in the foreground (SIGTERM or SIGINT stops it gracefully).
+    Daemon,
+    /// Enqueue one event; accepts pd-send's flags. Prints the event id and dedup key.
+    Send(SendArgs),
+    /// Check a config file: exit 0, or print every problem and exit 2.
+    CheckConfig,
+}
+
+/// Which Events API `send` targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiVersion {
+    /// Events API v1 (pd-send's format).
+    V1,
+    /// Events API v2 (PD-CEF).
+    V2,
+}
+
+/// The event action, as pd-send spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    /// Open or add to an alert.
+    Trigger,
+    /// Acknowledge the alert.
+    Acknowledge,
+    /// Resolve the alert.
+    Resolve,
+}
+
+/// `pdrelay send`: pd-send's flags, plus the v2 ones.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Routing (integration) key: 32 alphanumeric characters [default: pagerduty.default_routing_key].
+    #[arg(
+        short = 'k',
+        long = "service-key",
+        visible_alias = "routing-key",
+        value_name = "KEY"
+    )]
+    pub routing_key: Option<String>,
+    /// Event action (pd-send: event type). Not used with --change.
+    #[arg(
+        short = 't',
+        long = "event-type",
+        visible_alias = "event-action",
+        value_enum,
+        value_name = "ACTION"
+    )]
+    pub event_action: Option<ActionArg>,
+    /// Summary (v1: description); at most 1024 characters, longer is cut.
+    #[arg(
+        short = 'd',
+        long = "description",
+        visible_alias = "summary",
+        value_name = "TEXT"
+    )]
+    pub summary: Option<String>,
+    /// Dedup key (v1: incident key); a trigger without one gets one.
+    #[arg(
+        short = 'i',
+        long = "incident-key",
+        visible_alias = "dedup-key",
+        value_name = "KEY"
+    )]
+    pub dedup_key: Option<String>,
+    /// Name of the monitoring client.
+    #[arg(short = 'c', long)]
+    pub client: Option<String>,
+    /// URL of the monitoring client.
+    #[arg(short = 'u', long = "client-url", value_name = "URL")]
+    pub client_url: Option<String>,
+    /// A custom detail, KEY=VALUE; repeatable.
+    #[arg(short = 'f', long = "field", value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// critical, error, warning or info (other words are mapped) [v2].
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Affected system [v2; default: this host's name].
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Component of the source [v2].
+    #[arg(long)]
+    pub component: Option<String>,
+    /// Logical group [v2].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Class of the event [v2].
+    #[arg(long)]
+    pub class: Option<String>,
+    /// When the event happened, ISO 8601 (e.g. 2026-11-29T16:55:00Z) [v2].
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// A link, HREF or HREF=TEXT; repeatable.
+    #[arg(long = "link", value_name = "HREF[=TEXT]")]
+    pub links: Vec<String>,
+    /// An image URL; repeatable.
+    #[arg(long = "image", value_name = "SRC")]
+    pub images: Vec<String>,
+    /// Events API version.
+    #[arg(long, value_enum, default_value = "v2")]
+    pub api: ApiVersion,
+    /// Send a change event (v2) instead of an alert.
+    #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class", "images"])]
+    pub change: bool,
+}

@@ -1,0 +1,430 @@
+//! Configuration: the TOML file (`/etc/pdrelay/config.toml`, or `--config`, or `PDRELAY_CONFIG`)
+//! read into [`ConfigFile`] with a default for every key and unknown keys refused, then checked
+//! into a [`Config`] that the rest of the program trusts.
+//!
+//! Every key is described in `config.example.toml` at the top of the repository.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::{local_hostname, IntakeDefaults, RoutingKey, Severity};
+
+/// Where the config is read from when neither `--config` nor `PDRELAY_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pdrelay/config.toml";
+
+/// The file as written, every key optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Directory of the sled database and the agent id.
+    pub state_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub log_level: String,
+    /// Bound on a graceful stop: in-flight deliveries get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How producers hand events in.
+    pub ingest: IngestSection,
+    /// Where and how events are sent.
+    pub pagerduty: PagerDutySection,
+    /// Retry timing.
+    pub retry: RetrySection,
+    /// Defaults filled in at intake.
+    pub mapping: MappingSection,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Unix stream socket for NDJSON events.
+    pub socket: PathBuf,
+    /// Octal mode of the socket file, e.g. "0660".
+    pub socket_mode: String,
+    /// Directories watched for dropped files; the first also takes `pdrelay send`'s drop-files.
+    pub spool_dirs: Vec<PathBuf>,
+    /// Full rescan of the spool directories, besides inotify wake-ups.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Largest spool file read, in bytes; a larger file is rejected.
+    pub max_file_bytes: u64,
+    /// Longest socket line, in bytes.
+    pub max_line_bytes: usize,
+}
+
+/// `[pagerduty]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagerDutySection {
+    /// Base URL of the Events API (EU: https://events.eu.pagerduty.com).
+    pub events_url: String,
+    /// Routing key for events that carry none; empty for none.
+    pub default_routing_key: String,
+    /// TCP and TLS connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, from sending to the end of the response body.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Deliveries in flight at once (across all keys).
+    pub concurrency: usize,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Longest delay between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Growth of the delay per attempt.
+    pub multiplier: f64,
+    /// Jitter: the delay is drawn from [d*(1-r), d*(1+r)].
+    pub randomization_factor: f64,
+    /// Longest Retry-After honoured; a larger one is cut to this.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+/// `[mapping]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingSection {
+    /// `payload.source` for a trigger without one; empty means this host's name.
+    pub default_source: String,
+    /// Severity for a trigger without one, or with a word that maps to none.
+    pub default_severity: String,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            state_dir: PathBuf::from("/var/lib/pdrelay"),
+            log_level: "info".to_owned(),
+            shutdown_timeout: Duration::from_secs(10),
+            ingest: IngestSection::default(),
+            pagerduty: PagerDutySection::default(),
+            retry: RetrySection::default(),
+            mapping: MappingSection::default(),
+        }
+    }
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            socket: PathBuf::from("/run/pdrelay/pdrelay.sock"),
+            socket_mode: "0660".to_owned(),
+            spool_dirs: vec![PathBuf::from("/var/spool/pdrelay")],
+            rescan_interval: Duration::from_secs(10),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_line_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for PagerDutySection {
+    fn default() -> Self {
+        PagerDutySection {
+            events_url: "https://events.pagerduty.com".to_owned(),
+            default_routing_key: String::new(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(300),
+            multiplier: 2.0,
+            randomization_factor: 0.5,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for MappingSection {
+    fn default() -> Self {
+        MappingSection {
+            default_source: String::new(),
+            default_severity: "error".to_owned(),
+        }
+    }
+}
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// toml's message, flattened to one line.
+        message: String,
+    },
+    /// Values that parse but break a rule; one line per problem.
+    #[error("{}", .problems.join("\n"))]
+    Invalid {
+        /// Each problem, `key: rule`.
+        problems: Vec<String>,
+    },
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as read.
+    pub file: ConfigFile,
+    /// Octal socket mode, parsed.
+    pub socket_mode: u32,
+    /// The Events API base URL without a trailing slash.
+    pub events_url: String,
+    /// What intake fills in.
+    pub defaults: IntakeDefaults,
+}
+
+impl Config {
+    /// Reads and checks the config at `path`. A missing file at the default path is not an
+    /// error (every key has a default); a missing file named explicitly is.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        Config::check(file)
+    }
+
+    /// Checks every value, collecting all problems.
+    pub fn check(file: ConfigFile) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let socket_mode =
+            match u32::from_str_radix(file.ingest.socket_mode.trim_start_matches("0o"), 8) {
+                Ok(mode) if mode <= 0o777 => mode,
+                _ => {
+                    problems.push(format!(
+                        "ingest.socket_mode: must be an octal mode such as \"0660\" (got {:?})",
+                        file.ingest.socket_mode
+                    ));
+                    0o660
+                }
+            };
+        if file.ingest.spool_dirs.is_empty() {
+            problems.push("ingest.spool_dirs: must name at least one directory (send's drop-files go to the first)".to_owned());
+        }
+        if file.ingest.rescan_interval < Duration::from_millis(100) {
+            problems.push("ingest.rescan_interval: must be at least 100ms".to_owned());
+        }
+        if file.ingest.max_line_bytes < 4096 {
+            problems.push("ingest.max_line_bytes: must be at least 4096".to_owned());
+        }
+        let events_url = file.pagerduty.events_url.trim_end_matches('/').to_owned();
+        match reqwest::Url::parse(&events_url) {
+            Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
+            _ => problems.push(format!(
+                "pagerduty.events_url: must be an http or https URL (got {:?})",
+                file.pagerduty.events_url
+            )),
+        }
+        let routing_key = match file.pagerduty.default_routing_key.as_str() {
+            "" => None,
+            key => match RoutingKey::parse(key, "pagerduty.default_routing_key") {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+        };
+        if file.pagerduty.concurrency == 0 || file.pagerduty.concurrency > 1024 {
+            problems.push("pagerduty.concurrency: must be between 1 and 1024".to_owned());
+        }
+        if file.pagerduty.connect_timeout.is_zero() || file.pagerduty.request_timeout.is_zero() {
+            problems.push(
+                "pagerduty.connect_timeout, request_timeout: must be more than zero".to_owned(),
+            );
+        }
+        let r = &file.retry;
+        if r.initial_interval.is_zero() || r.initial_interval > r.max_interval {
+            problems.push(
+                "retry.initial_interval: must be more than zero and at most retry.max_interval"
+                    .to_owned(),
+            );
+        }
+        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+            problems.push("retry.multiplier: must be between 1 and 100".to_owned());
+        }
+        if !(0.0..=1.0).contains(&r.randomization_factor) {
+            problems.push("retry.randomization_factor: must be between 0 and 1".to_owned());
+        }
+        let severity = match Severity::exact(&file.mapping.default_severity) {
+            Some(s) => s,
+            None => {
+                problems.push(format!("mapping.default_severity: must be one of critical, error, warning, info (got {:?})", file.mapping.default_severity));
+                Severity::Error
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&file.log_level).is_err() {
+            problems.push(format!(
+                "log_level: must be error, warn, info, debug, trace or a tracing filter (got {:?})",
+                file.log_level
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { problems });
+        }
+        let source = match file.mapping.default_source.as_str() {
+            "" => local_hostname(),
+            s => s.to_owned(),
+        };
+        Ok(Config {
+            defaults: IntakeDefaults {
+                routing_key,
+                source,
+                severity,
+            },
+            socket_mode,
+            events_url,
+            file,
+        })
+    }
+
+    /// Directory of the sled database.
+    pub fn queue_path(&self) -> PathBuf {
+        self.file.state_dir.join("queue")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_every_default() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.events_url, "https://events.pagerduty.com");
+        assert_eq!(
+            c.file.ingest.spool_dirs,
+            vec![PathBuf::from("/var/spool/pdrelay")]
+        );
+        assert_eq!(c.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn example_config_is_valid_and_complete() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.file.state_dir, PathBuf::from("/var/lib/pdrelay"));
+        for key in ["state_dir", "log_level", "shutdown_timeout"] {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} missing from config.example.toml"
+            );
+        }
+        // Every key of the defaults appears in the example (uncommented).
+        let example: toml::Value = toml::from_str(text).unwrap();
+        for (section, keys) in [
+            (
+                "ingest",
+                vec![
+                    "socket",
+                    "socket_mode",
+                    "spool_dirs",
+                    "rescan_interval",
+                    "max_file_bytes",
+                    "max_line_bytes",
+                ],
+            ),
+            (
+                "pagerduty",
+                vec![
+                    "events_url",
+                    "default_routing_key",
+                    "connect_timeout",
+                    "request_timeout",
+                    "concurrency",
+                ],
+            ),
+            (
+                "retry",
+                vec![
+                    "initial_interval",
+                    "max_interval",
+                    "multiplier",
+                    "randomization_factor",
+                    "max_retry_after",
+                ],
+            ),
+            ("mapping", vec!["default_source", "default_severity"]),
+        ] {
+            for key in keys {
+                assert!(
+                    example[section].get(key).is_some(),
+                    "{section}.{key} missing from config.example.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[ingest]\nspool_dir = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spool_dir"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::from_toml(
+            "[pagerduty]\nevents_url = \"ftp://x\"\nconcurrency = 0\ndefault_routing_key = \"short\"\n[mapping]\ndefault_severity = \"high\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems } = err else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+}

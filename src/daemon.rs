@@ -1,0 +1,128 @@
+//! The daemon: opens the queue, starts the intake channels and delivery, and owns shutdown.
+//!
+//! Start order: store (takes sled's lock: a second daemon on the same state dir stops here),
+//! socket bind, then spool, socket and delivery tasks. Stop order: intake first (no new events),
+//! then delivery (in-flight requests get `shutdown_timeout`), then the committer's last flush.
+
+use std::future::Future;
+
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::delivery::worker::{self, DeliverySettings};
+use crate::intake::{socket, spool, Shutdown};
+use crate::pagerduty::client::EventsClient;
+use crate::queue::store::{Store, StoreError};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The queue could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The socket could not be bound.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Runs the daemon until `stop` completes. `ready` is called once the store is open and the
+/// socket listens.
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), DaemonError> {
+    let queue_path = config.queue_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&queue_path))
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+    let result = serve(&config, store.clone(), stop, ready).await;
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
+    info!("stopped");
+    result
+}
+
+async fn serve(
+    config: &Config,
+    store: Store,
+    stop: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), DaemonError> {
+    let file = &config.file;
+    let client = EventsClient::new(
+        &config.events_url,
+        file.pagerduty.connect_timeout,
+        file.pagerduty.request_timeout,
+    )?;
+    let listener = socket::bind(&file.ingest.socket, config.socket_mode).map_err(|source| {
+        DaemonError::Socket {
+            path: file.ingest.socket.clone(),
+            source,
+        }
+    })?;
+    let (trigger, shutdown) = Shutdown::new();
+
+    let spool_task = tokio::spawn(spool::run(
+        spool::SpoolSettings {
+            dirs: file.ingest.spool_dirs.clone(),
+            rescan_interval: file.ingest.rescan_interval,
+            max_file_bytes: file.ingest.max_file_bytes,
+            defaults: config.defaults.clone(),
+        },
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let socket_task = tokio::spawn(socket::run(
+        listener,
+        file.ingest.socket.clone(),
+        store.clone(),
+        config.defaults.clone(),
+        file.ingest.max_line_bytes,
+        shutdown.clone(),
+    ));
+    let settings = DeliverySettings {
+        client,
+        retry: file.retry.clone(),
+        concurrency: file.pagerduty.concurrency,
+        shutdown_timeout: file.shutdown_timeout,
+    };
+    let mut delivery_shutdown = shutdown.clone();
+    let delivery = tokio::spawn(worker::run(store.clone(), settings, async move {
+        delivery_shutdown.wait().await
+    }));
+    info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
+    ready();
+
+    tokio::pin!(stop);
+    let mut delivery = delivery;
+    let delivery_result = tokio::select! {
+        _ = &mut stop => None,
+        result = &mut delivery => Some(result),
+    };
+    info!("stopping");
+    let _ = trigger.send(true);
+    let _ = spool_task.await;
+    let _ = socket_task.await;
+    let delivery_result = match delivery_result {
+        Some(r) => r,
+        None => delivery.await,
+    };
+    match delivery_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            error!(error = %e, "delivery stopped on a queue error");
+            Err(e.into())
+        }
+        Err(e) => Err(StoreError::Io(format!("delivery task: {e}")).into()),
+    }
+}

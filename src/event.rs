@@ -1,0 +1,664 @@
+//! The domain of one PagerDuty event: its three shapes, the keys and enums it carries, and the
+//! intake rules that make it valid before it is stored.
+//!
+//! Owns: parsing a JSON object into an [`Event`] (v2 alert, v2 change or v1), and normalizing it
+//! as PagerDuty's Events API would require (limits from the Events API v2 overview: summary and
+//! description at most 1024 characters, dedup key at most 255 characters, request body at most
+//! 512 KB, severity one of `critical`, `error`, `warning`, `info`). What can be made valid is made
+//! valid here; what cannot is refused with an [`EventError`] naming the field and the rule.
+//! Does not own: transport (see `pagerduty::client`) or storage (see `queue`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::pagerduty::{change::ChangeEvent, v1::V1Event, v2::AlertEvent};
+
+/// Longest summary (v2) or description (v1) PagerDuty accepts, in characters.
+pub const MAX_SUMMARY_CHARS: usize = 1024;
+/// Longest dedup key (v2) or incident key (v1) PagerDuty accepts, in characters.
+pub const MAX_DEDUP_KEY_CHARS: usize = 255;
+/// Largest request body PagerDuty accepts, in bytes (512 KB).
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+/// Length of a routing key (integration key), in ASCII alphanumeric characters.
+pub const ROUTING_KEY_CHARS: usize = 32;
+/// Key under `custom_details` (v2) or `details` (v1) that keeps a severity pdrelay had to map.
+pub const ORIGINAL_SEVERITY_DETAIL: &str = "pdrelay_original_severity";
+
+/// An input that breaks an intake rule: the field (a JSON path such as `payload.summary`) and
+/// the rule it breaks. Displays as one line, `field: rule`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct EventError {
+    /// Dotted path of the offending field, or `event` for the whole object.
+    pub field: String,
+    /// What the field must be.
+    pub rule: String,
+}
+
+impl EventError {
+    /// An error for `field` breaking `rule`.
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        EventError {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A routing key (integration key, v1's service key): exactly 32 ASCII alphanumeric characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoutingKey(String);
+
+impl RoutingKey {
+    /// Parses a routing key; `field` names it in the error (`routing_key` or `service_key`).
+    pub fn parse(value: &str, field: &str) -> Result<Self, EventError> {
+        if value.len() == ROUTING_KEY_CHARS && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(RoutingKey(value.to_owned()))
+        } else {
+            Err(EventError::new(
+                field,
+                "must be 32 alphanumeric characters (an integration key)",
+            ))
+        }
+    }
+
+    /// The key in full, for the request body only: never log it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 6 characters and an ellipsis: the only form that goes into logs and listings.
+    pub fn redacted(&self) -> String {
+        format!("{}…", &self.0[..6])
+    }
+}
+
+impl TryFrom<String> for RoutingKey {
+    type Error = EventError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RoutingKey::parse(&value, "routing_key")
+    }
+}
+
+impl From<RoutingKey> for String {
+    fn from(key: RoutingKey) -> String {
+        key.0
+    }
+}
+
+impl fmt::Debug for RoutingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoutingKey({})", self.redacted())
+    }
+}
+
+/// What an alert event asks of PagerDuty (v2 `event_action`, v1 `event_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventAction {
+    /// Open an alert, or add to the open alert with the same dedup key.
+    Trigger,
+    /// Acknowledge the alert with this dedup key.
+    Acknowledge,
+    /// Resolve the alert with this dedup key.
+    Resolve,
+}
+
+impl EventAction {
+    /// Parses `trigger`, `acknowledge` or `resolve`; `field` names the field in the error.
+    pub fn parse(value: &str, field: &str) -> Result<Self, EventError> {
+        match value {
+            "trigger" => Ok(EventAction::Trigger),
+            "acknowledge" => Ok(EventAction::Acknowledge),
+            "resolve" => Ok(EventAction::Resolve),
+            _ => Err(EventError::new(
+                field,
+                format!("must be one of trigger, acknowledge, resolve (got {value:?})"),
+            )),
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Trigger => "trigger",
+            EventAction::Acknowledge => "acknowledge",
+            EventAction::Resolve => "resolve",
+        }
+    }
+}
+
+impl fmt::Display for EventAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// PD-CEF severity, the only four values the Events API v2 accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// `critical`
+    Critical,
+    /// `error`
+    Error,
+    /// `warning`
+    Warning,
+    /// `info`
+    Info,
+}
+
+impl Severity {
+    /// The exact PagerDuty value, or `None` for anything else (case matters to PagerDuty).
+    pub fn exact(value: &str) -> Option<Self> {
+        match value {
+            "critical" => Some(Severity::Critical),
+            "error" => Some(Severity::Error),
+            "warning" => Some(Severity::Warning),
+            "info" => Some(Severity::Info),
+            _ => None,
+        }
+    }
+
+    /// Maps a severity spelled by another tool (syslog levels, Nagios states, Zabbix and
+    /// Sensu words, any case) to PagerDuty's enum; `None` when the word is unknown.
+    pub fn from_alias(value: &str) -> Option<Self> {
+        let lower = value.trim().to_ascii_lowercase();
+        Some(match lower.as_str() {
+            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "disaster"
+            | "high" | "down" | "unreachable" | "page" | "p1" => Severity::Critical,
+            "error" | "err" | "average" | "major" | "unknown" | "failure" | "p2" => Severity::Error,
+            "warning" | "warn" | "minor" | "medium" | "p3" => Severity::Warning,
+            "info" | "information" | "informational" | "notice" | "debug" | "ok" | "up" | "low"
+            | "not classified" | "success" | "p4" | "p5" => Severity::Info,
+            _ => return None,
+        })
+    }
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = EventError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Severity::exact(s).ok_or_else(|| {
+            EventError::new("severity", "must be one of critical, error, warning, info")
+        })
+    }
+}
+
+/// Which Events API an event goes to, and so its endpoint under `events_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Events API v2 alert event: `POST {events_url}/v2/enqueue`.
+    Alert,
+    /// Events API v2 change event: `POST {events_url}/v2/change/enqueue`.
+    Change,
+    /// Events API v1 (generic): `POST {events_url}/generic/2010-04-15/create_event.json`.
+    V1,
+}
+
+impl EventKind {
+    /// Path of the endpoint, to append to `events_url` (no trailing slash there).
+    pub fn endpoint_path(self) -> &'static str {
+        match self {
+            EventKind::Alert => "/v2/enqueue",
+            EventKind::Change => "/v2/change/enqueue",
+            EventKind::V1 => "/generic/2010-04-15/create_event.json",
+        }
+    }
+
+    /// Short name for logs and listings: `v2`, `change`, `v1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Alert => "v2",
+            EventKind::Change => "change",
+            EventKind::V1 => "v1",
+        }
+    }
+}
+
+/// What intake fills in when an event leaves it out.
+#[derive(Debug, Clone)]
+pub struct IntakeDefaults {
+    /// Routing key for events that carry none (config `pagerduty.default_routing_key`).
+    pub routing_key: Option<RoutingKey>,
+    /// `payload.source` for v2 triggers without one (config, else this host's name).
+    pub source: String,
+    /// Severity for a v2 trigger that has none or an unknown word.
+    pub severity: Severity,
+}
+
+impl Default for IntakeDefaults {
+    fn default() -> Self {
+        IntakeDefaults {
+            routing_key: None,
+            source: local_hostname(),
+            severity: Severity::Error,
+        }
+    }
+}
+
+/// This host's name, as `gethostname(2)` gives it; `localhost` if it is not valid UTF-8.
+pub fn local_hostname() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// One validated event in one of the three shapes, ready to be stored and sent as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Event {
+    /// Events API v2 alert event (PD-CEF).
+    Alert(AlertEvent),
+    /// Events API v2 change event.
+    Change(ChangeEvent),
+    /// Events API v1 event.
+    V1(V1Event),
+}
+
+impl Event {
+    /// Parses and normalizes one event from JSON text (one object, any of the three shapes).
+    ///
+    /// Shape: an object with `event_type`, `service_key` or `incident_key` is v1; one with
+    /// `event_action` is a v2 alert; otherwise one with `payload` is a v2 change event.
+    /// Errors name the field and the rule; a body over [`MAX_REQUEST_BYTES`] is refused.
+    pub fn from_json(text: &[u8], defaults: &IntakeDefaults) -> Result<Event, EventError> {
+        if text.len() > MAX_REQUEST_BYTES * 2 {
+            return Err(EventError::new("event", "must be at most 512 KB"));
+        }
+        let value: serde_json::Value = serde_json::from_slice(text)
+            .map_err(|e| EventError::new("event", format!("is not valid JSON ({e})")))?;
+        Event::from_value(value, defaults)
+    }
+
+    /// As [`Event::from_json`], from an already parsed JSON value.
+    pub fn from_value(
+        value: serde_json::Value,
+        defaults: &IntakeDefaults,
+    ) -> Result<Event, EventError> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
+        let event = if ["event_type", "service_key", "incident_key"]
+            .iter()
+            .any(|k| object.contains_key(*k))
+        {
+            Event::V1(V1Event::from_input(typed(value)?, defaults)?)
+        } else if object.contains_key("event_action") {
+            Event::Alert(AlertEvent::from_input(typed(value)?, defaults)?)
+        } else if object.contains_key("payload") {
+            Event::Change(ChangeEvent::from_input(typed(value)?, defaults)?)
+        } else {
+            return Err(EventError::new(
+                "event",
+                "must have event_action (v2 alert), event_type (v1) or payload (v2 change)",
+            ));
+        };
+        let size = event.request_body().len();
+        if size > MAX_REQUEST_BYTES {
+            return Err(EventError::new(
+                "event",
+                format!("request body must be at most 512 KB (524288 bytes), is {size} bytes"),
+            ));
+        }
+        Ok(event)
+    }
+
+    /// Which API the event goes to.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Alert(_) => EventKind::Alert,
+            Event::Change(_) => EventKind::Change,
+            Event::V1(_) => EventKind::V1,
+        }
+    }
+
+    /// The routing key (v1: service key).
+    pub fn routing_key(&self) -> &RoutingKey {
+        match self {
+            Event::Alert(e) => &e.routing_key,
+            Event::Change(e) => &e.routing_key,
+            Event::V1(e) => &e.service_key,
+        }
+    }
+
+    /// The dedup key (v1: incident key); `None` only for change events.
+    pub fn dedup_key(&self) -> Option<&str> {
+        match self {
+            Event::Alert(e) => e.dedup_key.as_deref(),
+            Event::Change(_) => None,
+            Event::V1(e) => e.incident_key.as_deref(),
+        }
+    }
+
+    /// The event action (v1: event type); `None` for change events.
+    pub fn action(&self) -> Option<EventAction> {
+        match self {
+            Event::Alert(e) => Some(e.event_action),
+            Event::Change(_) => None,
+            Event::V1(e) => Some(e.event_type),
+        }
+    }
+
+    /// The summary (v1: description), if any.
+    pub fn summary(&self) -> Option<&str> {
+        match self {
+            Event::Alert(e) => e.payload.as_ref().map(|p| p.summary.as_str()),
+            Event::Change(e) => Some(e.payload.summary.as_str()),
+            Event::V1(e) => e.description.as_deref(),
+        }
+    }
+
+    /// The exact JSON body that is POSTed to the endpoint.
+    pub fn request_body(&self) -> Vec<u8> {
+        let result = match self {
+            Event::Alert(e) => serde_json::to_vec(e),
+            Event::Change(e) => serde_json::to_vec(e),
+            Event::V1(e) => serde_json::to_vec(e),
+        };
+        result.expect("event types serialize to JSON without fail")
+    }
+}
+
+/// Deserializes into a wire type, naming the offending field on error.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "event".to_owned()
+        } else {
+            path
+        };
+        EventError::new(field, e.into_inner().to_string())
+    })
+}
+
+/// Cuts `text` to at most `max` characters, on a character boundary. Returns whether it cut.
+pub fn truncate_chars(text: &mut String, max: usize) -> bool {
+    match text.char_indices().nth(max) {
+        Some((byte_index, _)) => {
+            text.truncate(byte_index);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Makes a dedup key fit [`MAX_DEDUP_KEY_CHARS`]: a longer key becomes its first 190 characters,
+/// `~` and the SHA-256 of the whole key in hex (64 characters), so the same long key always maps
+/// to the same short one and a later resolve still finds its trigger.
+pub fn fit_dedup_key(key: String) -> String {
+    if key.chars().count() <= MAX_DEDUP_KEY_CHARS {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut short = key;
+    truncate_chars(&mut short, MAX_DEDUP_KEY_CHARS - 65);
+    short.push('~');
+    for byte in digest {
+        short.push_str(&format!("{byte:02x}"));
+    }
+    short
+}
+
+/// A fresh dedup key for a trigger that has none: 32 lowercase hex digits (a random UUID).
+pub fn new_dedup_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Resolves an optional routing key from the event, else the default; `field` names it.
+pub(crate) fn routing_key_or_default(
+    value: Option<&str>,
+    field: &str,
+    defaults: &IntakeDefaults,
+) -> Result<RoutingKey, EventError> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(key) => RoutingKey::parse(key, field),
+        None => defaults.routing_key.clone().ok_or_else(|| {
+            EventError::new(
+                field,
+                "is required (no pagerduty.default_routing_key is configured)",
+            )
+        }),
+    }
+}
+
+/// Checks a timestamp is an ISO 8601 date-time as PagerDuty parses it (RFC 3339).
+pub(crate) fn check_timestamp(value: &str, field: &str) -> Result<(), EventError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map(|_| ())
+        .map_err(|_| {
+            EventError::new(
+                field,
+                format!(
+                    "must be an ISO 8601 date-time such as 2026-11-29T16:55:00Z (got {value:?})"
+                ),
+            )
+        })
+}
+
+/// Records a severity word that had to be mapped in the details object, keeping the rest.
+pub(crate) fn keep_original_severity(details: &mut Option<serde_json::Value>, original: &str) {
+    let original = serde_json::Value::String(original.to_owned());
+    match details {
+        Some(serde_json::Value::Object(map)) => {
+            map.insert(ORIGINAL_SEVERITY_DETAIL.to_owned(), original);
+        }
+        Some(other) => {
+            let mut map = serde_json::Map::new();
+            map.insert("details".to_owned(), other.take());
+            map.insert(ORIGINAL_SEVERITY_DETAIL.to_owned(), original);
+            *details = Some(serde_json::Value::Object(map));
+        }
+        None => {
+            let mut map = serde_json::Map::new();
+            map.insert(ORIGINAL_SEVERITY_DETAIL.to_owned(), original);
+            *details = Some(serde_json::Value::Object(map));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_never_splits_a_character() {
+        let cases: &[(&str, usize, &str, bool)] = &[
+            ("abc", 5, "abc", false),
+            ("abc", 3, "abc", false),
+            ("abcd", 3, "abc", true),
+            ("ééé", 2, "éé", true),
+            ("日本語テキスト", 3, "日本語", true),
+            ("🚨🚨", 1, "🚨", true),
+            ("", 0, "", false),
+        ];
+        for (input, max, want, cut) in cases {
+            let mut s = input.to_string();
+            assert_eq!(truncate_chars(&mut s, *max), *cut, "{input}");
+            assert_eq!(s, *want);
+        }
+    }
+
+    #[test]
+    fn summary_of_5000_multibyte_characters_is_cut_to_1024() {
+        let mut s = "é".repeat(5000);
+        truncate_chars(&mut s, MAX_SUMMARY_CHARS);
+        assert_eq!(s.chars().count(), 1024);
+        assert_eq!(s.len(), 2048);
+    }
+
+    #[test]
+    fn long_dedup_keys_are_shortened_deterministically() {
+        let short = "k".repeat(255);
+        assert_eq!(fit_dedup_key(short.clone()), short);
+        let long = "ü".repeat(300);
+        let a = fit_dedup_key(long.clone());
+        let b = fit_dedup_key(long);
+        assert_eq!(a, b);
+        assert_eq!(a.chars().count(), 255);
+        assert!(a.starts_with(&"ü".repeat(190)));
+        let other = fit_dedup_key(format!("{}x", "ü".repeat(299)));
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn severity_aliases_map_to_the_enum() {
+        let cases = [
+            ("critical", Some(Severity::Critical)),
+            ("CRITICAL", Some(Severity::Critical)),
+            ("Disaster", Some(Severity::Critical)),
+            ("err", Some(Severity::Error)),
+            ("Average", Some(Severity::Error)),
+            ("WARN", Some(Severity::Warning)),
+            ("Information", Some(Severity::Info)),
+            ("Not classified", Some(Severity::Info)),
+            ("sev-banana", None),
+            ("", None),
+        ];
+        for (word, want) in cases {
+            assert_eq!(Severity::from_alias(word), want, "{word}");
+        }
+        assert_eq!(Severity::exact("Critical"), None);
+    }
+
+    #[test]
+    fn routing_key_rules() {
+        assert!(RoutingKey::parse(&"a".repeat(32), "routing_key").is_ok());
+        assert!(RoutingKey::parse(&"A1b2".repeat(8), "routing_key").is_ok());
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(33),
+            &format!("{}-", "a".repeat(31)),
+            &"é".repeat(16),
+        ] {
+            let err = RoutingKey::parse(bad, "service_key").unwrap_err();
+            assert_eq!(err.field, "service_key");
+        }
+        let key = RoutingKey::parse(&"abcdef".repeat(6)[..32], "routing_key").unwrap();
+        assert_eq!(key.redacted(), "abcdef…");
+        assert!(!format!("{key:?}").contains(&"abcdef".repeat(2)));
+    }
+
+    #[test]
+    fn shape_is_chosen_by_fields() {
+        let d = IntakeDefaults {
+            routing_key: None,
+            source: "h".into(),
+            severity: Severity::Error,
+        };
+        let key = "k".repeat(32);
+        let v2 = format!(
+            r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","source":"x","severity":"info"}}}}"#
+        );
+        assert_eq!(
+            Event::from_json(v2.as_bytes(), &d).unwrap().kind(),
+            EventKind::Alert
+        );
+        let v1 = format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d"}}"#);
+        assert_eq!(
+            Event::from_json(v1.as_bytes(), &d).unwrap().kind(),
+            EventKind::V1
+        );
+        let change = format!(r#"{{"routing_key":"{key}","payload":{{"summary":"deployed"}}}}"#);
+        assert_eq!(
+            Event::from_json(change.as_bytes(), &d).unwrap().kind(),
+            EventKind::Change
+        );
+        let none = format!(r#"{{"routing_key":"{key}"}}"#);
+        assert_eq!(
+            Event::from_json(none.as_bytes(), &d).unwrap_err().field,
+            "event"
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_field_and_the_rule() {
+        let d = IntakeDefaults {
+            routing_key: None,
+            source: "h".into(),
+            severity: Severity::Error,
+        };
+        let key = "k".repeat(32);
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "event"),
+            ("[1,2]".into(), "event"),
+            (
+                r#"{"event_action":"trigger","payload":{"summary":"s"}}"#.into(),
+                "routing_key",
+            ),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"explode","payload":{{"summary":"s"}}}}"#
+                ),
+                "event_action",
+            ),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":12}}}}"#
+                ),
+                "payload.summary",
+            ),
+            (
+                format!(r#"{{"routing_key":"{key}","event_action":"trigger"}}"#),
+                "payload",
+            ),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":""}}}}"#
+                ),
+                "payload.summary",
+            ),
+            (
+                format!(r#"{{"routing_key":"{key}","event_action":"resolve"}}"#),
+                "dedup_key",
+            ),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","timestamp":"yesterday"}}}}"#
+                ),
+                "payload.timestamp",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"trigger"}}"#),
+                "description",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"resolve","description":"d"}}"#),
+                "incident_key",
+            ),
+            (
+                format!(r#"{{"routing_key":"{key}","payload":{{"source":"x"}}}}"#),
+                "payload.summary",
+            ),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","custom_details":{{"big":"{}"}}}}}}"#,
+                    "x".repeat(600_000)
+                ),
+                "event",
+            ),
+        ];
+        for (input, field) in cases {
+            let err = Event::from_json(input.as_bytes(), &d).unwrap_err();
+            assert_eq!(err.field, field, "{input:.120} gave {err}");
+            assert!(!err.rule.is_empty());
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+}

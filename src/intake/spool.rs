@@ -1,0 +1,342 @@
+//! Spool directories: producers drop files, pdrelay stores their events and deletes them.
+//!
+//! A producer writes a name starting with `.` or ending in `.tmp` and renames it into place; such
+//! names are never read. `*.json` holds one event, `*.ndjson` one event per line (blank lines
+//! skipped). A file is all or nothing: it is deleted only after all its events are durably
+//! stored, and a file that cannot be read as events is moved whole to `rejected/` beside a
+//! `<name>.reason` sidecar. A `*.json` file whose stem is a UUID gives its event that id, so a
+//! file read twice (a crash between storing and deleting) is stored once.
+//!
+//! inotify (through notify) is only a wake-up: the directory is scanned in full at start, on
+//! every wake-up and every `rescan_interval`, so an overflowed or missed event never strands a
+//! file.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::Shutdown;
+use crate::event::{Event, IntakeDefaults};
+use crate::queue::store::{NewEvent, Store};
+
+/// Name of the quarantine directory inside each spool directory.
+pub const REJECTED_DIR: &str = "rejected";
+/// Files read per group commit.
+const FILES_PER_BATCH: usize = 2_000;
+
+/// Settings of the spool intake.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Watched directories.
+    pub dirs: Vec<PathBuf>,
+    /// Full rescan period.
+    pub rescan_interval: Duration,
+    /// Largest file read, in bytes.
+    pub max_file_bytes: u64,
+    /// Defaults filled in at intake.
+    pub defaults: IntakeDefaults,
+}
+
+/// Whether a directory entry named `name` is a spool file to read.
+pub fn is_spool_file(name: &str) -> bool {
+    !name.starts_with('.')
+        && !name.ends_with(".tmp")
+        && (name.ends_with(".json") || name.ends_with(".ndjson"))
+}
+
+/// One file read from a spool directory.
+struct SpoolFile {
+    path: PathBuf,
+    parsed: Result<Vec<NewEvent>, String>,
+}
+
+/// Parses a spool file's bytes into events; the error is the one-line reason for `rejected/`.
+pub fn parse_spool_file(
+    name: &str,
+    bytes: &[u8],
+    defaults: &IntakeDefaults,
+) -> Result<Vec<NewEvent>, String> {
+    if name.ends_with(".ndjson") {
+        let mut events = Vec::new();
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event =
+                Event::from_json(line, defaults).map_err(|e| format!("line {}: {e}", i + 1))?;
+            events.push(NewEvent {
+                id: None,
+                intake: "spool",
+                event,
+            });
+        }
+        if events.is_empty() {
+            return Err("file has no events (empty)".to_owned());
+        }
+        Ok(events)
+    } else {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err("file is empty".to_owned());
+        }
+        let event = Event::from_json(bytes, defaults).map_err(|e| e.to_string())?;
+        let stem = name.trim_end_matches(".json");
+        let id = uuid::Uuid::parse_str(stem)
+            .ok()
+            .map(|u| u.hyphenated().to_string());
+        Ok(vec![NewEvent {
+            id,
+            intake: "spool",
+            event,
+        }])
+    }
+}
+
+/// Watches and drains the spool directories until shutdown.
+pub async fn run(settings: SpoolSettings, store: Store, mut shutdown: Shutdown) {
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    for dir in &settings.dirs {
+        if let Err(e) = std::fs::create_dir_all(dir.join(REJECTED_DIR)) {
+            error!(dir = %dir.display(), error = %e, "cannot create the spool directory; its files wait for the next rescan");
+        }
+    }
+    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake_tx.try_send(());
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for dir in &settings.dirs {
+                if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the spool directory; relying on rescans");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start the file watcher; relying on rescans");
+            None
+        }
+    };
+    info!(dirs = ?settings.dirs, "spool intake started");
+    let mut stuck: HashSet<PathBuf> = HashSet::new();
+    let mut rescan = tokio::time::interval(settings.rescan_interval);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while !shutdown.is_set() && drain_once(&settings, &store, &mut stuck).await {}
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = wake_rx.recv() => {}
+            _ = rescan.tick() => {}
+        }
+    }
+    debug!("spool intake stopped");
+}
+
+/// Reads up to one batch of files from all directories, stores them and deletes them. Returns
+/// whether a full batch was read (so more may be waiting).
+async fn drain_once(settings: &SpoolSettings, store: &Store, stuck: &mut HashSet<PathBuf>) -> bool {
+    let s = settings.clone();
+    let skip = stuck.clone();
+    let files = match tokio::task::spawn_blocking(move || read_batch(&s, &skip)).await {
+        Ok(files) => files,
+        Err(e) => {
+            error!(error = %e, "spool reader failed");
+            return false;
+        }
+    };
+    let full = files.len() >= FILES_PER_BATCH;
+    let mut events = Vec::new();
+    let mut to_delete = Vec::new();
+    for file in files {
+        match file.parsed {
+            Ok(mut evs) => {
+                events.append(&mut evs);
+                to_delete.push(file.path);
+            }
+            Err(reason) => quarantine(&file.path, &reason),
+        }
+    }
+    if events.is_empty() {
+        return full;
+    }
+    let count = events.len();
+    match store.insert(events).await {
+        Ok(_) => {
+            for path in to_delete {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        error!(file = %path.display(), error = %e, "stored a spool file's events but cannot delete it; skipping it until restart");
+                        stuck.insert(path);
+                    }
+                }
+            }
+            debug!(events = count, "spool events stored");
+            full
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot store spool events; the files stay and are read again");
+            false
+        }
+    }
+}
+
+fn read_batch(settings: &SpoolSettings, skip: &HashSet<PathBuf>) -> Vec<SpoolFile> {
+    let mut out = Vec::new();
+    for dir in &settings.dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the spool directory");
+                continue;
+            }
+        };
+        let mut names: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+                (is_file && is_spool_file(&name)).then(|| (name, e.path()))
+            })
+            .filter(|(_, p)| !skip.contains(p))
+            .collect();
+        names.sort();
+        for (name, path) in names {
+            if out.len() >= FILES_PER_BATCH {
+                return out;
+            }
+            let parsed = read_file(&path, &name, settings);
+            match parsed {
+                Ok(Some(parsed)) => out.push(SpoolFile { path, parsed }),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot read a spool file; trying again later")
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads one file. `Ok(None)`: it vanished. `Err`: a transient I/O error (left in place).
+fn read_file(
+    path: &Path,
+    name: &str,
+    settings: &SpoolSettings,
+) -> std::io::Result<Option<Result<Vec<NewEvent>, String>>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if meta.len() > settings.max_file_bytes {
+        return Ok(Some(Err(format!(
+            "file is {} bytes, more than ingest.max_file_bytes ({})",
+            meta.len(),
+            settings.max_file_bytes
+        ))));
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(Some(Err(format!("file is not readable by pdrelay: {e}"))))
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(parse_spool_file(name, &bytes, &settings.defaults)))
+}
+
+/// Moves a file whole to `rejected/` with a `.reason` sidecar; never deletes it.
+fn quarantine(path: &Path, reason: &str) {
+    let Some(dir) = path.parent() else { return };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let rejected = dir.join(REJECTED_DIR);
+    let result = (|| -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&rejected)?;
+        let mut target = rejected.join(name);
+        if target.exists() {
+            target = rejected.join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
+        }
+        let target_name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name)
+            .to_owned();
+        let mut sidecar = tempfile::NamedTempFile::new_in(&rejected)?;
+        writeln!(sidecar, "{reason}")?;
+        sidecar.as_file().sync_all()?;
+        sidecar
+            .persist(rejected.join(format!("{target_name}.reason")))
+            .map_err(|e| e.error)?;
+        std::fs::rename(path, &target)?;
+        std::fs::File::open(&rejected)?.sync_all()?;
+        Ok(target)
+    })();
+    match result {
+        Ok(target) => {
+            warn!(file = %path.display(), moved_to = %target.display(), %reason, "spool file rejected")
+        }
+        Err(e) => {
+            error!(file = %path.display(), error = %e, %reason, "spool file is invalid and cannot be moved to rejected/; it stays in place")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_read() {
+        for (name, read) in [
+            ("a.json", true),
+            ("b.ndjson", true),
+            (".a.json", false),
+            ("a.json.tmp", false),
+            ("a.tmp", false),
+            ("notes.txt", false),
+            ("a.json.reason", false),
+        ] {
+            assert_eq!(is_spool_file(name), read, "{name}");
+        }
+    }
+
+    #[test]
+    fn files_are_all_or_nothing() {
+        let d = IntakeDefaults::default();
+        let key = "r".repeat(32);
+        let good = format!(
+            r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s"}}}}"#
+        );
+        let two = format!("{good}\n\n{good}\n");
+        assert_eq!(
+            parse_spool_file("x.ndjson", two.as_bytes(), &d)
+                .unwrap()
+                .len(),
+            2
+        );
+        let bad = format!("{good}\n{{\"event_action\":1}}\n");
+        assert!(parse_spool_file("x.ndjson", bad.as_bytes(), &d)
+            .unwrap_err()
+            .starts_with("line 2: "));
+        assert_eq!(
+            parse_spool_file("x.json", b"", &d).unwrap_err(),
+            "file is empty"
+        );
+        assert!(parse_spool_file("x.ndjson", b"\n\n", &d).is_err());
+        assert!(parse_spool_file("x.json", &[0xff, 0xfe], &d).is_err());
+        let id = "0191e7a2-7c5e-7a41-9a0e-5f2d2b0c1d2e";
+        let evs = parse_spool_file(&format!("{id}.json"), good.as_bytes(), &d).unwrap();
+        assert_eq!(evs[0].id.as_deref(), Some(id));
+        assert_eq!(
+            parse_spool_file("alert.json", good.as_bytes(), &d).unwrap()[0].id,
+            None
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! pdrelay: a durable PagerDuty Events API forwarder for monitored hosts.
+//!
+//! Data moves one way:
+//!
+//! ```text
+//! producers ─► intake (spool files, Unix socket, `pdrelay send`)
+//!           ─► event (parse, validate, normalize: PD-CEF v2, change, v1)
+//!           ─► queue (sled, group commit, fsync before acknowledging)
+//!           ─► delivery (ordered per routing + dedup key, retry with backoff, 429 pauses)
+//!           ─► PagerDuty Events API (v2 enqueue, v2 change, v1 create_event)
+//! ```
+//!
+//! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
+//! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
+//! shutdown), [`send`] (the `pdrelay send` client side), [`cli`] (arguments).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod event;
+pub mod intake;
+pub mod pagerduty;
+pub mod queue;
+pub mod send;

@@ -1,0 +1,105 @@
+//! The `pdrelay` binary: parse arguments, set up logging, load the config, call the library, and
+//! map every error to an exit code in one place (0 ok, 1 could not store or run, 2 bad usage or
+//! invalid input).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pdrelay::cli::{Cli, Command};
+use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
+use pdrelay::send::{self, Handed, SendError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let explicit = cli.config.is_some();
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = match Config::load(
+        &path,
+        explicit || matches!(cli.command, Command::CheckConfig),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "pdrelay: config: {}",
+                e.to_string().replace('\n', "\npdrelay: config: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Command::Send(args) => match send::send(&args, &config) {
+            Ok(sent) => {
+                if !args.quiet {
+                    println!(
+                        "id={} dedup_key={}",
+                        sent.id,
+                        sent.dedup_key.as_deref().unwrap_or("")
+                    );
+                    if let Handed::Spool(p) = &sent.handed {
+                        eprintln!("pdrelay: daemon not reachable; queued as {}", p.display());
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e @ SendError::Invalid(_)) => {
+                eprintln!("pdrelay send: {e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("pdrelay send: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Daemon => run_daemon(config),
+    }
+}
+
+fn run_daemon(config: Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pdrelay")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pdrelay: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let stop = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        pdrelay::daemon::run(config, stop, || {}).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "pdrelay daemon failed");
+            eprintln!("pdrelay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! HTTP transport to the Events API: one keep-alive `reqwest` client (rustls) with explicit
+//! connect and request timeouts, shared by all deliveries. It never logs: a routing key is in
+//! every body, and the caller decides what an answer means (see `delivery::retry`).
+
+use std::time::{Duration, SystemTime};
+
+use super::ApiResponse;
+use crate::event::EventKind;
+
+/// Longest answer body kept, in bytes; the rest is cut.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What one POST produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// A whole HTTP answer.
+    Response {
+        /// Status code.
+        status: u16,
+        /// Parsed `Retry-After` (seconds or HTTP date), if present.
+        retry_after: Option<Duration>,
+        /// The body as JSON, when it is PagerDuty's shape; else default.
+        body: ApiResponse,
+        /// The first bytes of the body as text, for the record.
+        text: String,
+    },
+    /// No whole answer: connect failure, timeout, reset, body cut off.
+    Transport {
+        /// What went wrong, in one line.
+        message: String,
+        /// Whether the request timed out.
+        timeout: bool,
+    },
+}
+
+/// The shared Events API client.
+#[derive(Clone)]
+pub struct EventsClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl EventsClient {
+    /// A client for `events_url` (no trailing slash) with the given timeouts.
+    pub fn new(
+        events_url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pdrelay/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build()?;
+        Ok(EventsClient {
+            http,
+            base: events_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// POSTs `body` (JSON) to the endpoint of `kind` and reads the whole answer.
+    pub async fn send(&self, kind: EventKind, body: Vec<u8>) -> Attempt {
+        let url = format!("{}{}", self.base, kind.endpoint_path());
+        let response = match self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return transport(&e),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return transport(&e),
+        };
+        let body = serde_json::from_slice::<ApiResponse>(&bytes).unwrap_or_default();
+        let cut = &bytes[..bytes.len().min(MAX_RESPONSE_BYTES)];
+        Attempt::Response {
+            status,
+            retry_after,
+            body,
+            text: String::from_utf8_lossy(cut).into_owned(),
+        }
+    }
+}
+
+fn transport(e: &reqwest::Error) -> Attempt {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Attempt::Transport {
+        message,
+        timeout: e.is_timeout(),
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP date (RFC 9110 section 10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5"), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! The durable queue: every accepted event, its delivery state and retry schedule, and the paused
+//! routing keys, in one sled database under `<state_dir>/queue`.
+//!
+//! Owns: the on-disk record format ([`record`]) and every write to the database, made by one
+//! committer thread in group commits ([`store`]). Does not own: when to send (see `delivery`).
+//!
+//! # Why an acknowledged event survives `kill -9` and a power cut
+//!
+//! An event is acknowledged (spool file deleted, socket or CLI told `ok`) only after the commit
+//! that holds it has returned from [`store::Store::insert`], and that returns only after:
+//!
+//! 1. `Tree::apply_batch` has put the event, its id index entry and its pending-index entry in
+//!    sled's page cache atomically (one batch: all three or none);
+//! 2. `Db::flush` has written sled's log buffers to the `db` file. sled 0.34 ends this with
+//!    `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)`, which pushes the data pages but neither
+//!    the file's size nor other metadata, and issues no disk cache flush: after a power cut the
+//!    tail of the log may be gone. So, next:
+//! 3. `fsync(2)` of the `db` file (through a descriptor the store keeps open: fsync acts on the
+//!    inode, so it covers sled's writes), then `fsync(2)` of every file sled wrote in `blobs/`
+//!    since the last commit (values over 128 KiB go there, written without any sync) and of the
+//!    `blobs/` directory and the database directory, so that new names are durable too.
+//!
+//! A kill -9 needs only step 2 (the page cache outlives the process); a power cut needs step 3.
+//! `tests/` checks the order: the sync counter moves before the reply is sent.
+
+pub mod record;
+pub mod store;
+
+pub use record::{Record, State};
+pub use store::{Store, StoreError};

@@ -1,0 +1,128 @@
+//! The on-disk record of one event, versioned from the start: the stored JSON carries `"v":1`,
+//! and a later format adds a variant rather than changing this one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// Where an event is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Waiting to be sent, or waiting for its retry time (`next_attempt_at_ms` set).
+    Pending,
+    /// PagerDuty accepted it (2xx).
+    Delivered,
+    /// PagerDuty refused it (400 or another 4xx that is not retried); `errors` says why.
+    Failed,
+}
+
+impl State {
+    /// The name used in listings: pending, delivered, failed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// One accepted event and what happened to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Public id (a UUID), given to the producer.
+    pub id: String,
+    /// Position in acceptance order; events of one routing and dedup key go out by it.
+    pub seq: u64,
+    /// When it was durably accepted, in milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// How it came in: `socket`, `spool`, `send`.
+    pub intake: String,
+    /// The event, exactly as it will be sent.
+    pub event: Event,
+    /// Pending, delivered or failed.
+    pub state: State,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Set while waiting for a retry: the earliest next attempt, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
+    /// When the last attempt ended, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at_ms: Option<u64>,
+    /// HTTP status of the last answer, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Why the last attempt did not deliver (transport error, status and message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// PagerDuty's `errors[]` from a refusal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The stored form: a version tag around the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum StoredRecord {
+    /// Format 1.
+    #[serde(rename = "1")]
+    V1(Record),
+}
+
+impl Record {
+    /// Encodes for the database.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&StoredRecordRef::V1(self))
+            .expect("records serialize to JSON without fail")
+    }
+
+    /// Decodes a stored record of any known version.
+    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        match serde_json::from_slice::<StoredRecord>(bytes)? {
+            StoredRecord::V1(record) => Ok(record),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "v")]
+enum StoredRecordRef<'a> {
+    #[serde(rename = "1")]
+    V1(&'a Record),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::IntakeDefaults;
+
+    #[test]
+    fn record_round_trips_with_its_version() {
+        let event = Event::from_json(
+            format!(r#"{{"routing_key":"{}","event_action":"trigger","dedup_key":"d","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#, "r".repeat(32)).as_bytes(),
+            &IntakeDefaults::default(),
+        )
+        .unwrap();
+        let record = Record {
+            id: "id".into(),
+            seq: 7,
+            accepted_at_ms: 1,
+            intake: "socket".into(),
+            event,
+            state: State::Pending,
+            attempts: 2,
+            next_attempt_at_ms: Some(5),
+            last_attempt_at_ms: None,
+            last_status: Some(503),
+            last_error: Some("503".into()),
+            errors: vec![],
+        };
+        let bytes = record.encode();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(r#"{"v":"1","#), "{text}");
+        assert_eq!(Record::decode(&bytes).unwrap(), record);
+        assert!(Record::decode(br#"{"v":"9","id":"x"}"#).is_err());
+    }
+}

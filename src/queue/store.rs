@@ -1,0 +1,730 @@
+//! sled behind a small interface. All writes go through one committer thread, which groups the
+//! requests that arrive while it syncs into one batch, one flush and one set of fsyncs, and only
+//! then answers each request: a group commit. Reads go straight to sled.
+//!
+//! Key layout in the one tree (prefix byte, then big-endian numbers so that order is numeric):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `e` seq(u64) | [`Record`], JSON, versioned |
+//! | `i` id | seq(u64): the id index |
+//! | `p` seq(u64) | [`PendingEntry`]: routing key and dedup key of each pending event |
+//! | `k` routing key | pause-until, ms since the epoch (u64): 429 / v1 403 pauses |
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::record::{Record, State};
+use crate::event::{Event, RoutingKey};
+
+/// Most requests folded into one group commit.
+const MAX_GROUP: usize = 8192;
+/// Requests waiting for the committer before senders wait (backpressure).
+const CHANNEL_DEPTH: usize = 65_536;
+
+/// Why the store could not do what was asked. Cloneable: one failed group commit fails every
+/// request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (a running daemon) holds the database lock.
+    #[error(
+        "the queue at {path} is in use by another process (a running pdrelay daemon?): {detail}"
+    )]
+    Locked {
+        /// Database directory.
+        path: PathBuf,
+        /// sled's words.
+        detail: String,
+    },
+    /// An I/O error: a full disk, a read-only file system, a failed fsync. Retryable later.
+    #[error("queue I/O error: {0}")]
+    Io(String),
+    /// sled reports damage, or a record does not decode.
+    #[error("queue is damaged: {0}")]
+    Corrupt(String),
+    /// The committer has stopped (daemon shutting down).
+    #[error("queue is closed")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            sled::Error::Io(io) => StoreError::Io(io.to_string()),
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// An event handed to [`Store::insert`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// A producer-chosen id (a UUID), so that a retried hand-over stores the event once; `None`
+    /// gets a fresh one.
+    pub id: Option<String>,
+    /// How it came in: `socket`, `spool`, `send`.
+    pub intake: &'static str,
+    /// The validated event.
+    pub event: Event,
+}
+
+/// What [`Store::insert`] gives back for each event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Public id.
+    pub id: String,
+    /// Acceptance order.
+    pub seq: u64,
+    /// The dedup key that will be sent (`None` for change events).
+    pub dedup_key: Option<String>,
+}
+
+/// The result of one delivery attempt, to record.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// PagerDuty accepted the event.
+    Delivered {
+        /// HTTP status.
+        status: u16,
+    },
+    /// PagerDuty refused it for good.
+    Failed {
+        /// HTTP status, if any.
+        status: Option<u16>,
+        /// One-line reason.
+        reason: String,
+        /// PagerDuty's `errors[]`.
+        errors: Vec<String>,
+    },
+    /// Try again at a time.
+    Retry {
+        /// HTTP status, if there was an answer.
+        status: Option<u16>,
+        /// One-line reason.
+        reason: String,
+        /// Earliest next attempt, ms since the epoch.
+        next_attempt_at_ms: u64,
+        /// Pause the event's whole routing key until then (429, v1 403).
+        pause_routing_key: bool,
+    },
+}
+
+/// A pending event as the dispatcher needs it: no body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// Acceptance order.
+    pub seq: u64,
+    /// Routing key.
+    pub routing_key: String,
+    /// Dedup key; `None` for change events, which need no order among themselves.
+    pub dedup_key: Option<String>,
+}
+
+enum Op {
+    Insert(Vec<NewEvent>),
+    Outcome { seq: u64, outcome: Outcome },
+}
+
+enum Reply {
+    Inserted(Vec<Accepted>),
+    Done,
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// The durable queue. Cheap to clone; all clones share one database and one committer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tree: sled::Tree,
+    db: sled::Db,
+    path: PathBuf,
+    /// Senders to the committer thread; taken (and so closed) by [`Store::close`].
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Woken after each group commit that stored new events, for the dispatcher.
+    queued: Notify,
+    /// Completed fsync rounds; read by tests to check syncs precede acknowledgements.
+    syncs: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn id_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(b'i');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn pause_key(routing_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + routing_key.len());
+    k.push(b'k');
+    k.extend_from_slice(routing_key.as_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("sequence keys are 9 bytes"))
+}
+
+fn encode_pending(event: &Event) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(event.routing_key().as_str().as_bytes());
+    if let Some(dedup) = event.dedup_key() {
+        v.push(b'd');
+        v.extend_from_slice(dedup.as_bytes());
+    }
+    v
+}
+
+fn decode_pending(seq: u64, v: &[u8]) -> Result<PendingEntry, StoreError> {
+    if v.len() < 32 {
+        return Err(StoreError::Corrupt(format!(
+            "pending entry {seq} is {} bytes",
+            v.len()
+        )));
+    }
+    let text = |b: &[u8]| {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| StoreError::Corrupt(format!("pending entry {seq} is not UTF-8")))
+    };
+    let routing_key = text(&v[..32])?;
+    let dedup_key = if v.len() > 32 {
+        Some(text(&v[33..])?)
+    } else {
+        None
+    };
+    Ok(PendingEntry {
+        seq,
+        routing_key,
+        dedup_key,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database directory `path` and starts the committer thread.
+    ///
+    /// Errors: [`StoreError::Locked`] when a running daemon holds it; [`StoreError::Corrupt`]
+    /// when sled finds damage; [`StoreError::Io`] otherwise.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path)?;
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked {
+                    path: path.to_owned(),
+                    detail: io.to_string(),
+                }
+            }
+            other => StoreError::from(other),
+        })?;
+        let tree = db.open_tree("queue")?;
+        let db_file = File::open(path.join("db"))?;
+        sync_dir(path)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let inner = Arc::new(Inner {
+            tree,
+            db,
+            path: path.to_owned(),
+            tx: Mutex::new(Some(tx)),
+            committer: Mutex::new(None),
+            queued: Notify::new(),
+            syncs: AtomicU64::new(0),
+        });
+        let for_thread = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("pdrelay-commit".into())
+            .spawn(move || committer(&for_thread, db_file, rx))
+            .map_err(StoreError::from)?;
+        *inner.committer.lock().expect("committer handle lock") = Some(handle);
+        Ok(Store { inner })
+    }
+
+    /// Directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn request(&self, op: Op) -> Result<Reply, StoreError> {
+        let tx = self
+            .inner
+            .tx
+            .lock()
+            .expect("sender lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores events durably (see the module docs of `queue` for what "durably" means here) and
+    /// returns their ids, sequence numbers and dedup keys, in order. An event whose `id` is
+    /// already stored is not stored again; its first acceptance is returned.
+    pub async fn insert(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, StoreError> {
+        match self.request(Op::Insert(events)).await? {
+            Reply::Inserted(accepted) => Ok(accepted),
+            Reply::Done => unreachable!("insert answers Inserted"),
+        }
+    }
+
+    /// Records the outcome of an attempt on event `seq` durably. A delivered or failed event
+    /// leaves the pending set in the same commit.
+    pub async fn record_outcome(&self, seq: u64, outcome: Outcome) -> Result<(), StoreError> {
+        self.request(Op::Outcome { seq, outcome }).await.map(|_| ())
+    }
+
+    /// Woken after each commit that stored new events.
+    pub fn queued(&self) -> &Notify {
+        &self.inner.queued
+    }
+
+    /// Completed fsync rounds since open.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.syncs.load(Ordering::SeqCst)
+    }
+
+    /// The record with sequence number `seq`.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, StoreError> {
+        match self.inner.tree.get(key(b'e', seq))? {
+            Some(bytes) => Record::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// The record with public id `id`.
+    pub fn get_by_id(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        match self.inner.tree.get(id_key(id))? {
+            Some(seq) => {
+                self.get(u64::from_be_bytes(seq.as_ref().try_into().map_err(
+                    |_| StoreError::Corrupt(format!("id index for {id}")),
+                )?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Pending events with a sequence number of at least `from`, in order, at most `limit`.
+    pub fn pending_from(&self, from: u64, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .range(key(b'p', from)..key(b'p', u64::MAX))
+            .take(limit)
+        {
+            let (k, v) = item?;
+            out.push(decode_pending(seq_of(&k), &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Number of pending events (including those waiting for a retry).
+    pub fn pending_count(&self) -> usize {
+        self.inner.tree.scan_prefix([b'p']).count()
+    }
+
+    /// Routing keys paused by a 429 (or v1 403), with pause-until in ms since the epoch.
+    pub fn pauses(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'k']) {
+            let (k, v) = item?;
+            let until = u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("pause entry".into()))?,
+            );
+            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), until));
+        }
+        Ok(out)
+    }
+
+    /// All records in acceptance order (for listings and tests).
+    pub fn records(&self) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
+        self.inner.tree.scan_prefix([b'e']).map(|item| {
+            let (_, v) = item?;
+            Record::decode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+    }
+
+    /// Stops the committer after it has written what it was given, and flushes. Later writes
+    /// answer [`StoreError::Closed`].
+    pub fn close(&self) {
+        self.inner.tx.lock().expect("sender lock").take();
+        if let Some(handle) = self
+            .inner
+            .committer
+            .lock()
+            .expect("committer handle lock")
+            .take()
+        {
+            let _ = handle.join();
+        }
+        let _ = self.inner.db.flush();
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// The committer thread: group, write, flush, fsync, answer.
+fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
+    let mut synced_blobs: HashSet<OsString> = HashSet::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let mut written: HashMap<u64, Record> = HashMap::new();
+        let mut new_ids: HashMap<String, Accepted> = HashMap::new();
+        let mut inserted_any = false;
+        let mut replies = Vec::with_capacity(group.len());
+        for req in group {
+            let result = match req.op {
+                Op::Insert(events) => {
+                    inserted_any = true;
+                    prepare_insert(inner, events, &mut batch, &mut new_ids).map(Reply::Inserted)
+                }
+                Op::Outcome { seq, outcome } => {
+                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written)
+                        .map(|_| Reply::Done)
+                }
+            };
+            replies.push((req.reply, result));
+        }
+        let committed = inner
+            .tree
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .and_then(|_| inner.db.flush().map_err(StoreError::from))
+            .and_then(|_| {
+                sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from)
+            });
+        if committed.is_ok() {
+            inner.syncs.fetch_add(1, Ordering::SeqCst);
+        }
+        for (reply, result) in replies {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(result);
+        }
+        if inserted_any && committed.is_ok() {
+            inner.queued.notify_one();
+        }
+    }
+}
+
+fn prepare_insert(
+    inner: &Inner,
+    events: Vec<NewEvent>,
+    batch: &mut sled::Batch,
+    new_ids: &mut HashMap<String, Accepted>,
+) -> Result<Vec<Accepted>, StoreError> {
+    let now = now_ms();
+    let mut accepted = Vec::with_capacity(events.len());
+    for new in events {
+        if let Some(id) = &new.id {
+            if let Some(earlier) = new_ids.get(id) {
+                accepted.push(earlier.clone());
+                continue;
+            }
+            if let Some(seq) = inner.tree.get(id_key(id))? {
+                let seq = u64::from_be_bytes(
+                    seq.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt(format!("id index for {id}")))?,
+                );
+                let dedup_key = match inner.tree.get(key(b'e', seq))? {
+                    Some(bytes) => Record::decode(&bytes)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                        .event
+                        .dedup_key()
+                        .map(str::to_owned),
+                    None => new.event.dedup_key().map(str::to_owned),
+                };
+                accepted.push(Accepted {
+                    id: id.clone(),
+                    seq,
+                    dedup_key,
+                });
+                continue;
+            }
+        }
+        let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let seq = inner.db.generate_id()?;
+        let record = Record {
+            id: id.clone(),
+            seq,
+            accepted_at_ms: now,
+            intake: new.intake.to_owned(),
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_at_ms: None,
+            last_attempt_at_ms: None,
+            last_status: None,
+            last_error: None,
+            errors: Vec::new(),
+            event: new.event,
+        };
+        batch.insert(&key(b'e', seq), record.encode());
+        batch.insert(id_key(&id), &seq.to_be_bytes());
+        batch.insert(&key(b'p', seq), encode_pending(&record.event));
+        let a = Accepted {
+            id: id.clone(),
+            seq,
+            dedup_key: record.event.dedup_key().map(str::to_owned),
+        };
+        new_ids.insert(id, a.clone());
+        accepted.push(a);
+    }
+    Ok(accepted)
+}
+
+fn prepare_outcome(
+    inner: &Inner,
+    seq: u64,
+    outcome: Outcome,
+    batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
+) -> Result<(), StoreError> {
+    let mut record = match written.remove(&seq) {
+        Some(r) => r,
+        None => match inner.tree.get(key(b'e', seq))? {
+            Some(bytes) => Record::decode(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?,
+            None => return Err(StoreError::Corrupt(format!("record {seq} is missing"))),
+        },
+    };
+    let now = now_ms();
+    record.attempts += 1;
+    record.last_attempt_at_ms = Some(now);
+    match outcome {
+        Outcome::Delivered { status } => {
+            record.state = State::Delivered;
+            record.last_status = Some(status);
+            record.next_attempt_at_ms = None;
+            record.last_error = None;
+            batch.remove(&key(b'p', seq));
+        }
+        Outcome::Failed {
+            status,
+            reason,
+            errors,
+        } => {
+            record.state = State::Failed;
+            record.last_status = status;
+            record.next_attempt_at_ms = None;
+            record.last_error = Some(reason);
+            record.errors = errors;
+            batch.remove(&key(b'p', seq));
+        }
+        Outcome::Retry {
+            status,
+            reason,
+            next_attempt_at_ms,
+            pause_routing_key,
+        } => {
+            record.last_status = status;
+            record.last_error = Some(reason);
+            record.next_attempt_at_ms = Some(next_attempt_at_ms);
+            if pause_routing_key {
+                batch.insert(
+                    pause_key(record.event.routing_key().as_str()),
+                    &next_attempt_at_ms.to_be_bytes(),
+                );
+            }
+        }
+    }
+    batch.insert(&key(b'e', seq), record.encode());
+    written.insert(seq, record);
+    Ok(())
+}
+
+/// fsync the `db` file, then any blob file not yet synced and the directories naming them.
+fn sync_files(
+    db_file: &File,
+    path: &Path,
+    synced_blobs: &mut HashSet<OsString>,
+) -> std::io::Result<()> {
+    db_file.sync_data()?;
+    let blobs = path.join("blobs");
+    let entries = match std::fs::read_dir(&blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut present = HashSet::new();
+    let mut new_names = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced_blobs.contains(&name) {
+            match File::open(entry.path()) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            new_names = true;
+        }
+        present.insert(name);
+    }
+    *synced_blobs = present;
+    if new_names {
+        sync_dir(&blobs)?;
+        sync_dir(path)?;
+    }
+    Ok(())
+}
+
+/// Routing key of a pending entry, parsed.
+impl PendingEntry {
+    /// The routing key as a typed value.
+    pub fn routing_key(&self) -> Option<RoutingKey> {
+        RoutingKey::parse(&self.routing_key, "routing_key").ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::IntakeDefaults;
+
+    fn event(dedup: &str) -> Event {
+        Event::from_json(
+            format!(r#"{{"routing_key":"{}","event_action":"trigger","dedup_key":"{dedup}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#, "r".repeat(32)).as_bytes(),
+            &IntakeDefaults::default(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn insert_is_ordered_idempotent_by_id_and_outcomes_leave_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let syncs = store.sync_count();
+        let a = store
+            .insert(vec![
+                NewEvent {
+                    id: Some("fixed".into()),
+                    intake: "spool",
+                    event: event("a"),
+                },
+                NewEvent {
+                    id: None,
+                    intake: "socket",
+                    event: event("b"),
+                },
+            ])
+            .await
+            .unwrap();
+        assert!(store.sync_count() > syncs, "acknowledged before a sync");
+        assert!(a[0].seq < a[1].seq);
+        let again = store
+            .insert(vec![NewEvent {
+                id: Some("fixed".into()),
+                intake: "spool",
+                event: event("a"),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(again[0], a[0]);
+        assert_eq!(store.pending_count(), 2);
+        let pending = store.pending_from(0, 10).unwrap();
+        assert_eq!(pending[0].dedup_key.as_deref(), Some("a"));
+        store
+            .record_outcome(a[0].seq, Outcome::Delivered { status: 202 })
+            .await
+            .unwrap();
+        store
+            .record_outcome(
+                a[1].seq,
+                Outcome::Retry {
+                    status: Some(429),
+                    reason: "429".into(),
+                    next_attempt_at_ms: 99,
+                    pause_routing_key: true,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.pending_count(), 1);
+        assert_eq!(
+            store.get(a[0].seq).unwrap().unwrap().state,
+            State::Delivered
+        );
+        let waiting = store.get_by_id(&a[1].id).unwrap().unwrap();
+        assert_eq!(
+            (waiting.attempts, waiting.next_attempt_at_ms),
+            (1, Some(99))
+        );
+        assert_eq!(store.pauses().unwrap(), vec![("r".repeat(32), 99)]);
+        store.close();
+        assert!(matches!(
+            store.insert(vec![]).await,
+            Err(StoreError::Closed)
+        ));
+        drop(store);
+        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!(reopened.pending_count(), 1);
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(&dir.path().join("q")).unwrap();
+        let err = Store::open(&dir.path().join("q"))
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+}
