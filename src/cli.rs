@@ -53,37 +53,16 @@ pub enum ActionArg {
 #[derive(Debug, Clone, Args)]
 pub struct SendArgs {
     /// Routing (integration) key: 32 alphanumeric characters [default: pagerduty.default_routing_key].
-    #[arg(
-        short = 'k',
-        long = "service-key",
-        visible_alias = "routing-key",
-        value_name = "KEY"
-    )]
+    #[arg(short = 'k', long = "service-key", visible_alias = "routing-key", value_name = "KEY")]
     pub routing_key: Option<String>,
     /// Event action (pd-send: event type). Not used with --change.
-    #[arg(
-        short = 't',
-        long = "event-type",
-        visible_alias = "event-action",
-        value_enum,
-        value_name = "ACTION"
-    )]
+    #[arg(short = 't', long = "event-type", visible_alias = "event-action", value_enum, value_name = "ACTION")]
     pub event_action: Option<ActionArg>,
     /// Summary (v1: description); at most 1024 characters, longer is cut.
-    #[arg(
-        short = 'd',
-        long = "description",
-        visible_alias = "summary",
-        value_name = "TEXT"
-    )]
+    #[arg(short = 'd', long = "description", visible_alias = "summary", value_name = "TEXT")]
     pub summary: Option<String>,
     /// Dedup key (v1: incident key); a trigger without one gets one.
-    #[arg(
-        short = 'i',
-        long = "incident-key",
-        visible_alias = "dedup-key",
-        value_name = "KEY"
-    )]
+    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
     pub dedup_key: Option<String>,
     /// Name of the monitoring client.
     #[arg(short = 'c', long)]

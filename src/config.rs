@@ -154,10 +154,7 @@ impl Default for RetrySection {
 
 impl Default for MappingSection {
     fn default() -> Self {
-        MappingSection {
-            default_source: String::new(),
-            default_severity: "error".to_owned(),
-        }
+        MappingSection { default_source: String::new(), default_severity: "error".to_owned() }
     }
 }
 
@@ -208,18 +205,10 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
         };
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
         })
     }
@@ -228,11 +217,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
         })?;
         Config::check(file)
     }
@@ -240,19 +225,20 @@ impl Config {
     /// Checks every value, collecting all problems.
     pub fn check(file: ConfigFile) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
-        let socket_mode =
-            match u32::from_str_radix(file.ingest.socket_mode.trim_start_matches("0o"), 8) {
-                Ok(mode) if mode <= 0o777 => mode,
-                _ => {
-                    problems.push(format!(
-                        "ingest.socket_mode: must be an octal mode such as \"0660\" (got {:?})",
-                        file.ingest.socket_mode
-                    ));
-                    0o660
-                }
-            };
+        let socket_mode = match u32::from_str_radix(file.ingest.socket_mode.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => mode,
+            _ => {
+                problems.push(format!(
+                    "ingest.socket_mode: must be an octal mode such as \"0660\" (got {:?})",
+                    file.ingest.socket_mode
+                ));
+                0o660
+            }
+        };
         if file.ingest.spool_dirs.is_empty() {
-            problems.push("ingest.spool_dirs: must name at least one directory (send's drop-files go to the first)".to_owned());
+            problems.push(
+                "ingest.spool_dirs: must name at least one directory (send's drop-files go to the first)".to_owned(),
+            );
         }
         if file.ingest.rescan_interval < Duration::from_millis(100) {
             problems.push("ingest.rescan_interval: must be at least 100ms".to_owned());
@@ -282,16 +268,11 @@ impl Config {
             problems.push("pagerduty.concurrency: must be between 1 and 1024".to_owned());
         }
         if file.pagerduty.connect_timeout.is_zero() || file.pagerduty.request_timeout.is_zero() {
-            problems.push(
-                "pagerduty.connect_timeout, request_timeout: must be more than zero".to_owned(),
-            );
+            problems.push("pagerduty.connect_timeout, request_timeout: must be more than zero".to_owned());
         }
         let r = &file.retry;
         if r.initial_interval.is_zero() || r.initial_interval > r.max_interval {
-            problems.push(
-                "retry.initial_interval: must be more than zero and at most retry.max_interval"
-                    .to_owned(),
-            );
+            problems.push("retry.initial_interval: must be more than zero and at most retry.max_interval".to_owned());
         }
         if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
             problems.push("retry.multiplier: must be between 1 and 100".to_owned());
@@ -302,7 +283,10 @@ impl Config {
         let severity = match Severity::exact(&file.mapping.default_severity) {
             Some(s) => s,
             None => {
-                problems.push(format!("mapping.default_severity: must be one of critical, error, warning, info (got {:?})", file.mapping.default_severity));
+                problems.push(format!(
+                    "mapping.default_severity: must be one of critical, error, warning, info (got {:?})",
+                    file.mapping.default_severity
+                ));
                 Severity::Error
             }
         };
@@ -319,16 +303,7 @@ impl Config {
             "" => local_hostname(),
             s => s.to_owned(),
         };
-        Ok(Config {
-            defaults: IntakeDefaults {
-                routing_key,
-                source,
-                severity,
-            },
-            socket_mode,
-            events_url,
-            file,
-        })
+        Ok(Config { defaults: IntakeDefaults { routing_key, source, severity }, socket_mode, events_url, file })
     }
 
     /// Directory of the sled database.
@@ -345,10 +320,7 @@ mod tests {
     fn empty_config_takes_every_default() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.events_url, "https://events.pagerduty.com");
-        assert_eq!(
-            c.file.ingest.spool_dirs,
-            vec![PathBuf::from("/var/spool/pdrelay")]
-        );
+        assert_eq!(c.file.ingest.spool_dirs, vec![PathBuf::from("/var/spool/pdrelay")]);
         assert_eq!(c.socket_mode, 0o660);
     }
 
@@ -358,61 +330,34 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.file.state_dir, PathBuf::from("/var/lib/pdrelay"));
         for key in ["state_dir", "log_level", "shutdown_timeout"] {
-            assert!(
-                text.contains(&format!("\n{key} = ")),
-                "{key} missing from config.example.toml"
-            );
+            assert!(text.contains(&format!("\n{key} = ")), "{key} missing from config.example.toml");
         }
         // Every key of the defaults appears in the example (uncommented).
         let example: toml::Value = toml::from_str(text).unwrap();
         for (section, keys) in [
             (
                 "ingest",
-                vec![
-                    "socket",
-                    "socket_mode",
-                    "spool_dirs",
-                    "rescan_interval",
-                    "max_file_bytes",
-                    "max_line_bytes",
-                ],
+                vec!["socket", "socket_mode", "spool_dirs", "rescan_interval", "max_file_bytes", "max_line_bytes"],
             ),
             (
                 "pagerduty",
-                vec![
-                    "events_url",
-                    "default_routing_key",
-                    "connect_timeout",
-                    "request_timeout",
-                    "concurrency",
-                ],
+                vec!["events_url", "default_routing_key", "connect_timeout", "request_timeout", "concurrency"],
             ),
             (
                 "retry",
-                vec![
-                    "initial_interval",
-                    "max_interval",
-                    "multiplier",
-                    "randomization_factor",
-                    "max_retry_after",
-                ],
+                vec!["initial_interval", "max_interval", "multiplier", "randomization_factor", "max_retry_after"],
             ),
             ("mapping", vec!["default_source", "default_severity"]),
         ] {
             for key in keys {
-                assert!(
-                    example[section].get(key).is_some(),
-                    "{section}.{key} missing from config.example.toml"
-                );
+                assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");
             }
         }
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = Config::from_toml("[ingest]\nspool_dir = \"/x\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml("[ingest]\nspool_dir = \"/x\"\n").unwrap_err().to_string();
         assert!(err.contains("spool_dir"), "{err}");
     }
 
@@ -422,9 +367,7 @@ mod tests {
             "[pagerduty]\nevents_url = \"ftp://x\"\nconcurrency = 0\ndefault_routing_key = \"short\"\n[mapping]\ndefault_severity = \"high\"\n",
         )
         .unwrap_err();
-        let ConfigError::Invalid { problems } = err else {
-            panic!("expected Invalid")
-        };
+        let ConfigError::Invalid { problems } = err else { panic!("expected Invalid") };
         assert_eq!(problems.len(), 4, "{problems:?}");
     }
 }

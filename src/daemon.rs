@@ -35,19 +35,13 @@ pub enum DaemonError {
 
 /// Runs the daemon until `stop` completes. `ready` is called once the store is open and the
 /// socket listens.
-pub async fn run(
-    config: Config,
-    stop: impl Future<Output = ()>,
-    ready: impl FnOnce(),
-) -> Result<(), DaemonError> {
+pub async fn run(config: Config, stop: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<(), DaemonError> {
     let queue_path = config.queue_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&queue_path))
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
     let result = serve(&config, store.clone(), stop, ready).await;
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");
     result
 }
@@ -59,17 +53,9 @@ async fn serve(
     ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
     let file = &config.file;
-    let client = EventsClient::new(
-        &config.events_url,
-        file.pagerduty.connect_timeout,
-        file.pagerduty.request_timeout,
-    )?;
-    let listener = socket::bind(&file.ingest.socket, config.socket_mode).map_err(|source| {
-        DaemonError::Socket {
-            path: file.ingest.socket.clone(),
-            source,
-        }
-    })?;
+    let client = EventsClient::new(&config.events_url, file.pagerduty.connect_timeout, file.pagerduty.request_timeout)?;
+    let listener = socket::bind(&file.ingest.socket, config.socket_mode)
+        .map_err(|source| DaemonError::Socket { path: file.ingest.socket.clone(), source })?;
     let (trigger, shutdown) = Shutdown::new();
 
     let spool_task = tokio::spawn(spool::run(
@@ -97,9 +83,7 @@ async fn serve(
         shutdown_timeout: file.shutdown_timeout,
     };
     let mut delivery_shutdown = shutdown.clone();
-    let delivery = tokio::spawn(worker::run(store.clone(), settings, async move {
-        delivery_shutdown.wait().await
-    }));
+    let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
     info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
     ready();
 

@@ -40,10 +40,7 @@ pub struct EventError {
 impl EventError {
     /// An error for `field` breaking `rule`.
     pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        EventError {
-            field: field.into(),
-            rule: rule.into(),
-        }
+        EventError { field: field.into(), rule: rule.into() }
     }
 }
 
@@ -58,10 +55,7 @@ impl RoutingKey {
         if value.len() == ROUTING_KEY_CHARS && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
             Ok(RoutingKey(value.to_owned()))
         } else {
-            Err(EventError::new(
-                field,
-                "must be 32 alphanumeric characters (an integration key)",
-            ))
+            Err(EventError::new(field, "must be 32 alphanumeric characters (an integration key)"))
         }
     }
 
@@ -114,10 +108,7 @@ impl EventAction {
             "trigger" => Ok(EventAction::Trigger),
             "acknowledge" => Ok(EventAction::Acknowledge),
             "resolve" => Ok(EventAction::Resolve),
-            _ => Err(EventError::new(
-                field,
-                format!("must be one of trigger, acknowledge, resolve (got {value:?})"),
-            )),
+            _ => Err(EventError::new(field, format!("must be one of trigger, acknowledge, resolve (got {value:?})"))),
         }
     }
 
@@ -168,12 +159,12 @@ impl Severity {
     pub fn from_alias(value: &str) -> Option<Self> {
         let lower = value.trim().to_ascii_lowercase();
         Some(match lower.as_str() {
-            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "disaster"
-            | "high" | "down" | "unreachable" | "page" | "p1" => Severity::Critical,
+            "critical" | "crit" | "fatal" | "emergency" | "emerg" | "alert" | "disaster" | "high" | "down"
+            | "unreachable" | "page" | "p1" => Severity::Critical,
             "error" | "err" | "average" | "major" | "unknown" | "failure" | "p2" => Severity::Error,
             "warning" | "warn" | "minor" | "medium" | "p3" => Severity::Warning,
-            "info" | "information" | "informational" | "notice" | "debug" | "ok" | "up" | "low"
-            | "not classified" | "success" | "p4" | "p5" => Severity::Info,
+            "info" | "information" | "informational" | "notice" | "debug" | "ok" | "up" | "low" | "not classified"
+            | "success" | "p4" | "p5" => Severity::Info,
             _ => return None,
         })
     }
@@ -192,9 +183,7 @@ impl Severity {
 impl std::str::FromStr for Severity {
     type Err = EventError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Severity::exact(s).ok_or_else(|| {
-            EventError::new("severity", "must be one of critical, error, warning, info")
-        })
+        Severity::exact(s).ok_or_else(|| EventError::new("severity", "must be one of critical, error, warning, info"))
     }
 }
 
@@ -243,19 +232,13 @@ pub struct IntakeDefaults {
 
 impl Default for IntakeDefaults {
     fn default() -> Self {
-        IntakeDefaults {
-            routing_key: None,
-            source: local_hostname(),
-            severity: Severity::Error,
-        }
+        IntakeDefaults { routing_key: None, source: local_hostname(), severity: Severity::Error }
     }
 }
 
 /// This host's name, as `gethostname(2)` gives it; `localhost` if it is not valid UTF-8.
 pub fn local_hostname() -> String {
-    gethostname::gethostname()
-        .into_string()
-        .unwrap_or_else(|_| "localhost".to_owned())
+    gethostname::gethostname().into_string().unwrap_or_else(|_| "localhost".to_owned())
 }
 
 /// One validated event in one of the three shapes, ready to be stored and sent as it is.
@@ -280,23 +263,15 @@ impl Event {
         if text.len() > MAX_REQUEST_BYTES * 2 {
             return Err(EventError::new("event", "must be at most 512 KB"));
         }
-        let value: serde_json::Value = serde_json::from_slice(text)
-            .map_err(|e| EventError::new("event", format!("is not valid JSON ({e})")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| EventError::new("event", format!("is not valid JSON ({e})")))?;
         Event::from_value(value, defaults)
     }
 
     /// As [`Event::from_json`], from an already parsed JSON value.
-    pub fn from_value(
-        value: serde_json::Value,
-        defaults: &IntakeDefaults,
-    ) -> Result<Event, EventError> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
-        let event = if ["event_type", "service_key", "incident_key"]
-            .iter()
-            .any(|k| object.contains_key(*k))
-        {
+    pub fn from_value(value: serde_json::Value, defaults: &IntakeDefaults) -> Result<Event, EventError> {
+        let object = value.as_object().ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
+        let event = if ["event_type", "service_key", "incident_key"].iter().any(|k| object.contains_key(*k)) {
             Event::V1(V1Event::from_input(typed(value)?, defaults)?)
         } else if object.contains_key("event_action") {
             Event::Alert(AlertEvent::from_input(typed(value)?, defaults)?)
@@ -378,11 +353,7 @@ impl Event {
 fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
-            "event".to_owned()
-        } else {
-            path
-        };
+        let field = if path == "." { "event".to_owned() } else { path };
         EventError::new(field, e.into_inner().to_string())
     })
 }
@@ -428,27 +399,18 @@ pub(crate) fn routing_key_or_default(
 ) -> Result<RoutingKey, EventError> {
     match value.filter(|v| !v.is_empty()) {
         Some(key) => RoutingKey::parse(key, field),
-        None => defaults.routing_key.clone().ok_or_else(|| {
-            EventError::new(
-                field,
-                "is required (no pagerduty.default_routing_key is configured)",
-            )
-        }),
+        None => defaults
+            .routing_key
+            .clone()
+            .ok_or_else(|| EventError::new(field, "is required (no pagerduty.default_routing_key is configured)")),
     }
 }
 
 /// Checks a timestamp is an ISO 8601 date-time as PagerDuty parses it (RFC 3339).
 pub(crate) fn check_timestamp(value: &str, field: &str) -> Result<(), EventError> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .map(|_| ())
-        .map_err(|_| {
-            EventError::new(
-                field,
-                format!(
-                    "must be an ISO 8601 date-time such as 2026-11-29T16:55:00Z (got {value:?})"
-                ),
-            )
-        })
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map(|_| ()).map_err(|_| {
+        EventError::new(field, format!("must be an ISO 8601 date-time such as 2026-11-29T16:55:00Z (got {value:?})"))
+    })
 }
 
 /// Records a severity word that had to be mapped in the details object, keeping the rest.
@@ -540,13 +502,7 @@ mod tests {
     fn routing_key_rules() {
         assert!(RoutingKey::parse(&"a".repeat(32), "routing_key").is_ok());
         assert!(RoutingKey::parse(&"A1b2".repeat(8), "routing_key").is_ok());
-        for bad in [
-            "",
-            "short",
-            &"a".repeat(33),
-            &format!("{}-", "a".repeat(31)),
-            &"é".repeat(16),
-        ] {
+        for bad in ["", "short", &"a".repeat(33), &format!("{}-", "a".repeat(31)), &"é".repeat(16)] {
             let err = RoutingKey::parse(bad, "service_key").unwrap_err();
             assert_eq!(err.field, "service_key");
         }
@@ -557,95 +513,51 @@ mod tests {
 
     #[test]
     fn shape_is_chosen_by_fields() {
-        let d = IntakeDefaults {
-            routing_key: None,
-            source: "h".into(),
-            severity: Severity::Error,
-        };
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
         let key = "k".repeat(32);
         let v2 = format!(
             r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","source":"x","severity":"info"}}}}"#
         );
-        assert_eq!(
-            Event::from_json(v2.as_bytes(), &d).unwrap().kind(),
-            EventKind::Alert
-        );
+        assert_eq!(Event::from_json(v2.as_bytes(), &d).unwrap().kind(), EventKind::Alert);
         let v1 = format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d"}}"#);
-        assert_eq!(
-            Event::from_json(v1.as_bytes(), &d).unwrap().kind(),
-            EventKind::V1
-        );
+        assert_eq!(Event::from_json(v1.as_bytes(), &d).unwrap().kind(), EventKind::V1);
         let change = format!(r#"{{"routing_key":"{key}","payload":{{"summary":"deployed"}}}}"#);
-        assert_eq!(
-            Event::from_json(change.as_bytes(), &d).unwrap().kind(),
-            EventKind::Change
-        );
+        assert_eq!(Event::from_json(change.as_bytes(), &d).unwrap().kind(), EventKind::Change);
         let none = format!(r#"{{"routing_key":"{key}"}}"#);
-        assert_eq!(
-            Event::from_json(none.as_bytes(), &d).unwrap_err().field,
-            "event"
-        );
+        assert_eq!(Event::from_json(none.as_bytes(), &d).unwrap_err().field, "event");
     }
 
     #[test]
     fn rejections_name_the_field_and_the_rule() {
-        let d = IntakeDefaults {
-            routing_key: None,
-            source: "h".into(),
-            severity: Severity::Error,
-        };
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
         let key = "k".repeat(32);
         let cases: Vec<(String, &str)> = vec![
             ("not json".into(), "event"),
             ("[1,2]".into(), "event"),
+            (r#"{"event_action":"trigger","payload":{"summary":"s"}}"#.into(), "routing_key"),
             (
-                r#"{"event_action":"trigger","payload":{"summary":"s"}}"#.into(),
-                "routing_key",
-            ),
-            (
-                format!(
-                    r#"{{"routing_key":"{key}","event_action":"explode","payload":{{"summary":"s"}}}}"#
-                ),
+                format!(r#"{{"routing_key":"{key}","event_action":"explode","payload":{{"summary":"s"}}}}"#),
                 "event_action",
             ),
             (
-                format!(
-                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":12}}}}"#
-                ),
+                format!(r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":12}}}}"#),
                 "payload.summary",
             ),
+            (format!(r#"{{"routing_key":"{key}","event_action":"trigger"}}"#), "payload"),
             (
-                format!(r#"{{"routing_key":"{key}","event_action":"trigger"}}"#),
-                "payload",
-            ),
-            (
-                format!(
-                    r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":""}}}}"#
-                ),
+                format!(r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":""}}}}"#),
                 "payload.summary",
             ),
-            (
-                format!(r#"{{"routing_key":"{key}","event_action":"resolve"}}"#),
-                "dedup_key",
-            ),
+            (format!(r#"{{"routing_key":"{key}","event_action":"resolve"}}"#), "dedup_key"),
             (
                 format!(
                     r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","timestamp":"yesterday"}}}}"#
                 ),
                 "payload.timestamp",
             ),
-            (
-                format!(r#"{{"service_key":"{key}","event_type":"trigger"}}"#),
-                "description",
-            ),
-            (
-                format!(r#"{{"service_key":"{key}","event_type":"resolve","description":"d"}}"#),
-                "incident_key",
-            ),
-            (
-                format!(r#"{{"routing_key":"{key}","payload":{{"source":"x"}}}}"#),
-                "payload.summary",
-            ),
+            (format!(r#"{{"service_key":"{key}","event_type":"trigger"}}"#), "description"),
+            (format!(r#"{{"service_key":"{key}","event_type":"resolve","description":"d"}}"#), "incident_key"),
+            (format!(r#"{{"routing_key":"{key}","payload":{{"source":"x"}}}}"#), "payload.summary"),
             (
                 format!(
                     r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","custom_details":{{"big":"{}"}}}}}}"#,

@@ -13,20 +13,11 @@ use pdrelay::send::{self, Handed, SendError};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit = cli.config.is_some();
-    let path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let config = match Config::load(
-        &path,
-        explicit || matches!(cli.command, Command::CheckConfig),
-    ) {
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = match Config::load(&path, explicit || matches!(cli.command, Command::CheckConfig)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "pdrelay: config: {}",
-                e.to_string().replace('\n', "\npdrelay: config: ")
-            );
+            eprintln!("pdrelay: config: {}", e.to_string().replace('\n', "\npdrelay: config: "));
             return ExitCode::from(2);
         }
     };
@@ -38,11 +29,7 @@ fn main() -> ExitCode {
         Command::Send(args) => match send::send(&args, &config) {
             Ok(sent) => {
                 if !args.quiet {
-                    println!(
-                        "id={} dedup_key={}",
-                        sent.id,
-                        sent.dedup_key.as_deref().unwrap_or("")
-                    );
+                    println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""));
                     if let Handed::Spool(p) = &sent.handed {
                         eprintln!("pdrelay: daemon not reachable; queued as {}", p.display());
                     }
@@ -65,15 +52,8 @@ fn main() -> ExitCode {
 fn run_daemon(config: Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("pdrelay")
-        .build()
-    {
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("pdrelay").build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pdrelay: cannot start the runtime: {e}");
@@ -82,11 +62,10 @@ fn run_daemon(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -53,10 +53,7 @@ pub struct Sent {
 fn split_pair<'a>(value: &'a str, flag: &str) -> Result<(&'a str, &'a str), EventError> {
     match value.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => Err(EventError::new(
-            flag,
-            format!("must be KEY=VALUE (got {value:?})"),
-        )),
+        _ => Err(EventError::new(flag, format!("must be KEY=VALUE (got {value:?})"))),
     }
 }
 
@@ -84,10 +81,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
     };
     if args.change {
         if args.api == ApiVersion::V1 {
-            return Err(EventError::new(
-                "--change",
-                "is a v2 event; it cannot be used with --api v1",
-            ));
+            return Err(EventError::new("--change", "is a v2 event; it cannot be used with --api v1"));
         }
         put(&mut obj, "routing_key", &args.routing_key);
         let mut payload = Map::new();
@@ -125,10 +119,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
                 ("--timestamp", args.timestamp.is_some()),
             ] {
                 if set {
-                    return Err(EventError::new(
-                        flag,
-                        "is a v2 field; drop it or use --api v2",
-                    ));
+                    return Err(EventError::new(flag, "is a v2 field; drop it or use --api v2"));
                 }
             }
             obj.insert("event_type".into(), json!(action));
@@ -147,11 +138,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
                     l
                 })
                 .collect();
-            contexts.extend(
-                args.images
-                    .iter()
-                    .map(|src| json!({"type": "image", "src": src})),
-            );
+            contexts.extend(args.images.iter().map(|src| json!({"type": "image", "src": src})));
             if !contexts.is_empty() {
                 obj.insert("contexts".into(), Value::Array(contexts));
             }
@@ -181,10 +168,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
                 obj.insert("links".into(), Value::Array(links));
             }
             if !args.images.is_empty() {
-                obj.insert(
-                    "images".into(),
-                    Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()),
-                );
+                obj.insert("images".into(), Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()));
             }
         }
     }
@@ -197,11 +181,7 @@ pub fn send(args: &SendArgs, config: &Config) -> Result<Sent, SendError> {
     let line = event.request_body();
     match via_socket(&config.file.ingest.socket, &line) {
         Ok(reply) if reply.ok => {
-            return Ok(Sent {
-                id: reply.id.unwrap_or_default(),
-                dedup_key: reply.dedup_key,
-                handed: Handed::Daemon,
-            })
+            return Ok(Sent { id: reply.id.unwrap_or_default(), dedup_key: reply.dedup_key, handed: Handed::Daemon })
         }
         Ok(reply) if reply.code.as_deref() == Some("invalid") => {
             let message = reply.error.unwrap_or_default();
@@ -225,11 +205,7 @@ pub fn send(args: &SendArgs, config: &Config) -> Result<Sent, SendError> {
             dir.display()
         ))
     })?;
-    Ok(Sent {
-        id,
-        dedup_key: event.dedup_key().map(str::to_owned),
-        handed: Handed::Spool(path),
-    })
+    Ok(Sent { id, dedup_key: event.dedup_key().map(str::to_owned), handed: Handed::Spool(path) })
 }
 
 fn via_socket(path: &Path, line: &[u8]) -> std::io::Result<Reply> {
@@ -241,8 +217,7 @@ fn via_socket(path: &Path, line: &[u8]) -> std::io::Result<Reply> {
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply)?;
-    serde_json::from_str(&reply)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Writes `<dir>/<id>.json` durably: `.<id>.json.tmp` written and fsynced, renamed into place,
@@ -251,11 +226,7 @@ pub fn write_drop_file(dir: &Path, id: &str, body: &[u8]) -> std::io::Result<std
     let tmp = dir.join(format!(".{id}.json.tmp"));
     let target = dir.join(format!("{id}.json"));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)?;
@@ -329,29 +300,10 @@ mod tests {
         let v = event_json(&args(&["--change", "-k", &k, "-d", "deployed v2"])).unwrap();
         assert!(v.get("event_action").is_none());
         assert_eq!(v["payload"]["summary"], "deployed v2");
+        assert_eq!(event_json(&args(&["-k", &k, "-d", "x"])).unwrap_err().field, "--event-type");
+        assert_eq!(event_json(&args(&["-k", &k, "-t", "trigger", "-f", "novalue"])).unwrap_err().field, "--field");
         assert_eq!(
-            event_json(&args(&["-k", &k, "-d", "x"])).unwrap_err().field,
-            "--event-type"
-        );
-        assert_eq!(
-            event_json(&args(&["-k", &k, "-t", "trigger", "-f", "novalue"]))
-                .unwrap_err()
-                .field,
-            "--field"
-        );
-        assert_eq!(
-            event_json(&args(&[
-                "--api",
-                "v1",
-                "-k",
-                &k,
-                "-t",
-                "trigger",
-                "--severity",
-                "info"
-            ]))
-            .unwrap_err()
-            .field,
+            event_json(&args(&["--api", "v1", "-k", &k, "-t", "trigger", "--severity", "info"])).unwrap_err().field,
             "--severity"
         );
     }
@@ -359,16 +311,7 @@ mod tests {
     #[test]
     fn aliases_are_accepted() {
         let k = "a".repeat(32);
-        let a = args(&[
-            "--routing-key",
-            &k,
-            "--event-action",
-            "acknowledge",
-            "--dedup-key",
-            "d",
-            "--summary",
-            "s",
-        ]);
+        let a = args(&["--routing-key", &k, "--event-action", "acknowledge", "--dedup-key", "d", "--summary", "s"]);
         assert_eq!(a.event_action, Some(ActionArg::Acknowledge));
         assert_eq!(a.dedup_key.as_deref(), Some("d"));
     }
@@ -378,10 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_drop_file(dir.path(), "abc", b"{}").unwrap();
         assert_eq!(path, dir.path().join("abc.json"));
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("abc.json")]);
     }
 }

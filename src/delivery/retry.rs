@@ -38,46 +38,21 @@ pub enum Decision {
 pub fn classify(kind: EventKind, attempt: &Attempt) -> Decision {
     match attempt {
         Attempt::Transport { message, timeout } => Decision::Retry {
-            reason: if *timeout {
-                format!("timed out: {message}")
-            } else {
-                message.clone()
-            },
+            reason: if *timeout { format!("timed out: {message}") } else { message.clone() },
             retry_after: None,
             pause_routing_key: false,
         },
-        Attempt::Response {
-            status,
-            retry_after,
-            body,
-            text,
-        } => {
-            let message = body
-                .message
-                .clone()
-                .unwrap_or_else(|| text.chars().take(200).collect());
+        Attempt::Response { status, retry_after, body, text } => {
+            let message = body.message.clone().unwrap_or_else(|| text.chars().take(200).collect());
             let reason = format!("HTTP {status}: {}", message.replace('\n', " "));
             match *status {
                 200..=299 => Decision::Delivered,
-                429 => Decision::Retry {
-                    reason,
-                    retry_after: *retry_after,
-                    pause_routing_key: true,
-                },
-                403 if kind == EventKind::V1 => Decision::Retry {
-                    reason,
-                    retry_after: *retry_after,
-                    pause_routing_key: true,
-                },
-                408 | 500..=599 => Decision::Retry {
-                    reason,
-                    retry_after: *retry_after,
-                    pause_routing_key: false,
-                },
-                _ => Decision::Failed {
-                    reason,
-                    errors: body.errors.clone(),
-                },
+                429 => Decision::Retry { reason, retry_after: *retry_after, pause_routing_key: true },
+                403 if kind == EventKind::V1 => {
+                    Decision::Retry { reason, retry_after: *retry_after, pause_routing_key: true }
+                }
+                408 | 500..=599 => Decision::Retry { reason, retry_after: *retry_after, pause_routing_key: false },
+                _ => Decision::Failed { reason, errors: body.errors.clone() },
             }
         }
     }
@@ -87,11 +62,7 @@ pub fn classify(kind: EventKind, attempt: &Attempt) -> Decision {
 /// exponential from `initial_interval` by `multiplier`, capped at `max_interval`, with jitter of
 /// `randomization_factor` drawn by the backoff crate. A `Retry-After` wins, capped at
 /// `max_retry_after`. There is no give-up time.
-pub fn retry_delay(
-    policy: &RetrySection,
-    attempts: u32,
-    retry_after: Option<Duration>,
-) -> Duration {
+pub fn retry_delay(policy: &RetrySection, attempts: u32, retry_after: Option<Duration>) -> Duration {
     if let Some(after) = retry_after {
         return after.min(policy.max_retry_after);
     }
@@ -131,11 +102,7 @@ mod tests {
     #[test]
     fn answers_are_classified() {
         use EventKind::*;
-        let retry = |pause| Decision::Retry {
-            reason: String::new(),
-            retry_after: None,
-            pause_routing_key: pause,
-        };
+        let retry = |pause| Decision::Retry { reason: String::new(), retry_after: None, pause_routing_key: pause };
         let cases = [
             (Alert, 202, Decision::Delivered),
             (V1, 200, Decision::Delivered),
@@ -148,53 +115,18 @@ mod tests {
             (Alert, 502, retry(false)),
             (Alert, 503, retry(false)),
             (Change, 504, retry(false)),
-            (
-                Alert,
-                400,
-                Decision::Failed {
-                    reason: String::new(),
-                    errors: vec!["x".into()],
-                },
-            ),
-            (
-                Alert,
-                403,
-                Decision::Failed {
-                    reason: String::new(),
-                    errors: vec!["x".into()],
-                },
-            ),
-            (
-                Alert,
-                404,
-                Decision::Failed {
-                    reason: String::new(),
-                    errors: vec!["x".into()],
-                },
-            ),
-            (
-                Alert,
-                413,
-                Decision::Failed {
-                    reason: String::new(),
-                    errors: vec!["x".into()],
-                },
-            ),
+            (Alert, 400, Decision::Failed { reason: String::new(), errors: vec!["x".into()] }),
+            (Alert, 403, Decision::Failed { reason: String::new(), errors: vec!["x".into()] }),
+            (Alert, 404, Decision::Failed { reason: String::new(), errors: vec!["x".into()] }),
+            (Alert, 413, Decision::Failed { reason: String::new(), errors: vec!["x".into()] }),
         ];
         for (kind, status, want) in cases {
             let got = classify(kind, &response(status, &["x"]));
             let same = match (&got, &want) {
                 (Decision::Delivered, Decision::Delivered) => true,
                 (
-                    Decision::Retry {
-                        pause_routing_key: a,
-                        reason,
-                        ..
-                    },
-                    Decision::Retry {
-                        pause_routing_key: b,
-                        ..
-                    },
+                    Decision::Retry { pause_routing_key: a, reason, .. },
+                    Decision::Retry { pause_routing_key: b, .. },
                 ) => a == b && reason.starts_with(&format!("HTTP {status}")),
                 (Decision::Failed { errors, reason }, Decision::Failed { .. }) => {
                     errors == &["x"] && reason.contains(&status.to_string())
@@ -203,50 +135,23 @@ mod tests {
             };
             assert!(same, "{kind:?} {status}: got {got:?}, want {want:?}");
         }
-        let t = classify(
-            Alert,
-            &Attempt::Transport {
-                message: "connection reset".into(),
-                timeout: false,
-            },
-        );
-        assert!(matches!(
-            t,
-            Decision::Retry {
-                pause_routing_key: false,
-                ..
-            }
-        ));
-        let t = classify(
-            Alert,
-            &Attempt::Transport {
-                message: "x".into(),
-                timeout: true,
-            },
-        );
+        let t = classify(Alert, &Attempt::Transport { message: "connection reset".into(), timeout: false });
+        assert!(matches!(t, Decision::Retry { pause_routing_key: false, .. }));
+        let t = classify(Alert, &Attempt::Transport { message: "x".into(), timeout: true });
         assert!(matches!(t, Decision::Retry { ref reason, .. } if reason.starts_with("timed out")));
     }
 
     #[test]
     fn delays_grow_cap_and_honour_retry_after() {
-        let policy = RetrySection {
-            randomization_factor: 0.0,
-            ..RetrySection::default()
-        };
+        let policy = RetrySection { randomization_factor: 0.0, ..RetrySection::default() };
         let secs = |n| retry_delay(&policy, n, None).as_secs_f64();
         assert_eq!(secs(1), 1.0);
         assert_eq!(secs(2), 2.0);
         assert_eq!(secs(5), 16.0);
         assert_eq!(secs(20), 300.0);
         assert_eq!(secs(u32::MAX), 300.0);
-        assert_eq!(
-            retry_delay(&policy, 3, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            retry_delay(&policy, 3, Some(Duration::from_secs(86_400))),
-            Duration::from_secs(3600)
-        );
+        assert_eq!(retry_delay(&policy, 3, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(retry_delay(&policy, 3, Some(Duration::from_secs(86_400))), Duration::from_secs(3600));
         let jittered = RetrySection::default();
         for _ in 0..100 {
             let d = retry_delay(&jittered, 3, None).as_secs_f64();

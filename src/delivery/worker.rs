@@ -104,19 +104,14 @@ pub async fn run(
         }
     }
     d.scan()?;
-    info!(
-        pending = d.lines.values().map(|l| l.seqs.len()).sum::<usize>(),
-        "delivery started"
-    );
+    info!(pending = d.lines.values().map(|l| l.seqs.len()).sum::<usize>(), "delivery started");
     tokio::pin!(shutdown);
     loop {
         d.fill()?;
         let next_timer = d.timers.peek().map(|Reverse((at, _))| *at);
         let timer = async move {
             match next_timer {
-                Some(at) => {
-                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
-                }
+                Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
                 None => std::future::pending().await,
             }
         };
@@ -131,10 +126,7 @@ pub async fn run(
     if in_flight > 0 {
         info!(in_flight, timeout = ?d.settings.shutdown_timeout, "waiting for in-flight deliveries");
         let drain = async { while d.in_flight.join_next().await.is_some() {} };
-        if tokio::time::timeout(d.settings.shutdown_timeout, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(d.settings.shutdown_timeout, drain).await.is_err() {
             warn!(
                 left = d.in_flight.len(),
                 "in-flight deliveries cut off at shutdown; they stay queued and will be sent again"
@@ -242,10 +234,7 @@ impl Dispatcher {
         }
     }
 
-    fn finish(
-        &mut self,
-        joined: Result<(tokio::task::Id, (String, Done)), tokio::task::JoinError>,
-    ) {
+    fn finish(&mut self, joined: Result<(tokio::task::Id, (String, Done)), tokio::task::JoinError>) {
         let (order_key, done) = match joined {
             Ok((id, result)) => {
                 self.task_lines.remove(&id);
@@ -256,13 +245,7 @@ impl Dispatcher {
                 let Some(order_key) = self.task_lines.remove(&e.id()) else {
                     return;
                 };
-                (
-                    order_key,
-                    Done::RetryAt {
-                        at_ms: now_ms() + STORE_RETRY_MS,
-                        pause_routing_key: false,
-                    },
-                )
+                (order_key, Done::RetryAt { at_ms: now_ms() + STORE_RETRY_MS, pause_routing_key: false })
             }
         };
         match done {
@@ -272,10 +255,7 @@ impl Dispatcher {
                 }
                 self.requeue_or_drop(order_key);
             }
-            Done::RetryAt {
-                at_ms,
-                pause_routing_key,
-            } => {
+            Done::RetryAt { at_ms, pause_routing_key } => {
                 if pause_routing_key {
                     if let Some(line) = self.lines.get(&order_key) {
                         let rk = line.routing_key.clone();
@@ -307,10 +287,7 @@ impl Dispatcher {
 /// Sends one event and records the outcome durably.
 async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> Done {
     let kind = record.event.kind();
-    let sent = settings
-        .client
-        .send(kind, record.event.request_body())
-        .await;
+    let sent = settings.client.send(kind, record.event.request_body()).await;
     let decision = classify(kind, &sent);
     let status = match &sent {
         Attempt::Response { status, .. } => Some(*status),
@@ -320,43 +297,19 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
     let (outcome, done) = match decision {
         Decision::Delivered => {
             debug!(id = %record.id, seq = record.seq, routing_key = %rk, status, "delivered");
-            (
-                Outcome::Delivered {
-                    status: status.unwrap_or(0),
-                },
-                Done::Finished,
-            )
+            (Outcome::Delivered { status: status.unwrap_or(0) }, Done::Finished)
         }
         Decision::Failed { reason, errors } => {
             error!(id = %record.id, routing_key = %rk, %reason, errors = ?errors, "PagerDuty refused the event; it is kept as failed (see `pdrelay queue show`)");
-            (
-                Outcome::Failed {
-                    status,
-                    reason,
-                    errors,
-                },
-                Done::Finished,
-            )
+            (Outcome::Failed { status, reason, errors }, Done::Finished)
         }
-        Decision::Retry {
-            reason,
-            retry_after,
-            pause_routing_key,
-        } => {
+        Decision::Retry { reason, retry_after, pause_routing_key } => {
             let delay = retry_delay(&settings.retry, record.attempts + 1, retry_after);
             let at_ms = now_ms() + delay.as_millis() as u64;
             debug!(id = %record.id, routing_key = %rk, %reason, attempts = record.attempts + 1, retry_in = ?delay, "delivery will be retried");
             (
-                Outcome::Retry {
-                    status,
-                    reason,
-                    next_attempt_at_ms: at_ms,
-                    pause_routing_key,
-                },
-                Done::RetryAt {
-                    at_ms,
-                    pause_routing_key,
-                },
+                Outcome::Retry { status, reason, next_attempt_at_ms: at_ms, pause_routing_key },
+                Done::RetryAt { at_ms, pause_routing_key },
             )
         }
     };
@@ -364,10 +317,7 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
         Ok(()) => done,
         Err(e) => {
             warn!(id = %record.id, error = %e, "could not record a delivery outcome; the event stays pending");
-            Done::RetryAt {
-                at_ms: now_ms() + STORE_RETRY_MS,
-                pause_routing_key: false,
-            }
+            Done::RetryAt { at_ms: now_ms() + STORE_RETRY_MS, pause_routing_key: false }
         }
     }
 }

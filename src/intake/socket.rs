@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::Shutdown;
 use crate::event::{Event, IntakeDefaults};
-use crate::queue::store::{NewEvent, Store, StoreError};
+use crate::queue::store::{InsertTicket, NewEvent, Store, StoreError};
 
 /// Replies waiting to be written per connection before reading pauses (backpressure).
 const REPLY_DEPTH: usize = 4096;
@@ -45,13 +45,7 @@ pub struct Reply {
 impl Reply {
     /// An error reply.
     pub fn error(code: &str, error: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            id: None,
-            dedup_key: None,
-            code: Some(code.to_owned()),
-            error: Some(error.into()),
-        }
+        Reply { ok: false, id: None, dedup_key: None, code: Some(code.to_owned()), error: Some(error.into()) }
     }
 
     fn line(&self) -> Vec<u8> {
@@ -128,9 +122,7 @@ async fn serve(
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::new(write);
         while let Some(handle) = rx.recv().await {
-            let reply = handle
-                .await
-                .unwrap_or_else(|e| Reply::error("unavailable", format!("internal error: {e}")));
+            let reply = handle.await.unwrap_or_else(|e| Reply::error("unavailable", format!("internal error: {e}")));
             if out.write_all(&reply.line()).await.is_err() {
                 return;
             }
@@ -169,8 +161,10 @@ async fn serve(
         }
         let handle = match Event::from_json(&line, &defaults) {
             Ok(event) => {
-                let store = store.clone();
-                tokio::spawn(async move { store_one(&store, event).await })
+                // Submitted here, in line order, so that acceptance order is the connection's
+                // order; the wait for the commit happens in the spawned task.
+                let ticket = store.submit_insert(vec![NewEvent { id: None, intake: "socket", event }]).await;
+                tokio::spawn(reply_when_stored(ticket))
             }
             Err(e) => {
                 let reply = Reply::error("invalid", e.to_string());
@@ -185,26 +179,14 @@ async fn serve(
     let _ = writer.await;
 }
 
-async fn store_one(store: &Store, event: Event) -> Reply {
-    match store
-        .insert(vec![NewEvent {
-            id: None,
-            intake: "socket",
-            event,
-        }])
-        .await
-    {
-        Ok(mut accepted) => {
-            let a = accepted.pop().expect("one accepted per event");
-            Reply {
-                ok: true,
-                id: Some(a.id),
-                dedup_key: a.dedup_key,
-                code: None,
-                error: None,
-            }
-        }
-        Err(e @ StoreError::Closed) => Reply::error("unavailable", e.to_string()),
+async fn reply_when_stored(ticket: Result<InsertTicket, StoreError>) -> Reply {
+    let accepted = match ticket {
+        Ok(ticket) => ticket.wait().await,
+        Err(e) => Err(e),
+    };
+    match accepted.map(|mut a| a.pop()) {
+        Ok(Some(a)) => Reply { ok: true, id: Some(a.id), dedup_key: a.dedup_key, code: None, error: None },
+        Ok(None) => Reply::error("unavailable", "queue returned no acceptance"),
         Err(e) => Reply::error("unavailable", e.to_string()),
     }
 }

@@ -44,9 +44,7 @@ pub struct SpoolSettings {
 
 /// Whether a directory entry named `name` is a spool file to read.
 pub fn is_spool_file(name: &str) -> bool {
-    !name.starts_with('.')
-        && !name.ends_with(".tmp")
-        && (name.ends_with(".json") || name.ends_with(".ndjson"))
+    !name.starts_with('.') && !name.ends_with(".tmp") && (name.ends_with(".json") || name.ends_with(".ndjson"))
 }
 
 /// One file read from a spool directory.
@@ -56,24 +54,15 @@ struct SpoolFile {
 }
 
 /// Parses a spool file's bytes into events; the error is the one-line reason for `rejected/`.
-pub fn parse_spool_file(
-    name: &str,
-    bytes: &[u8],
-    defaults: &IntakeDefaults,
-) -> Result<Vec<NewEvent>, String> {
+pub fn parse_spool_file(name: &str, bytes: &[u8], defaults: &IntakeDefaults) -> Result<Vec<NewEvent>, String> {
     if name.ends_with(".ndjson") {
         let mut events = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let event =
-                Event::from_json(line, defaults).map_err(|e| format!("line {}: {e}", i + 1))?;
-            events.push(NewEvent {
-                id: None,
-                intake: "spool",
-                event,
-            });
+            let event = Event::from_json(line, defaults).map_err(|e| format!("line {}: {e}", i + 1))?;
+            events.push(NewEvent { id: None, intake: "spool", event });
         }
         if events.is_empty() {
             return Err("file has no events (empty)".to_owned());
@@ -85,14 +74,8 @@ pub fn parse_spool_file(
         }
         let event = Event::from_json(bytes, defaults).map_err(|e| e.to_string())?;
         let stem = name.trim_end_matches(".json");
-        let id = uuid::Uuid::parse_str(stem)
-            .ok()
-            .map(|u| u.hyphenated().to_string());
-        Ok(vec![NewEvent {
-            id,
-            intake: "spool",
-            event,
-        }])
+        let id = uuid::Uuid::parse_str(stem).ok().map(|u| u.hyphenated().to_string());
+        Ok(vec![NewEvent { id, intake: "spool", event }])
     }
 }
 
@@ -263,17 +246,11 @@ fn quarantine(path: &Path, reason: &str) {
         if target.exists() {
             target = rejected.join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
         }
-        let target_name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(name)
-            .to_owned();
+        let target_name = target.file_name().and_then(|n| n.to_str()).unwrap_or(name).to_owned();
         let mut sidecar = tempfile::NamedTempFile::new_in(&rejected)?;
         writeln!(sidecar, "{reason}")?;
         sidecar.as_file().sync_all()?;
-        sidecar
-            .persist(rejected.join(format!("{target_name}.reason")))
-            .map_err(|e| e.error)?;
+        sidecar.persist(rejected.join(format!("{target_name}.reason"))).map_err(|e| e.error)?;
         std::fs::rename(path, &target)?;
         std::fs::File::open(&rejected)?.sync_all()?;
         Ok(target)
@@ -311,32 +288,17 @@ mod tests {
     fn files_are_all_or_nothing() {
         let d = IntakeDefaults::default();
         let key = "r".repeat(32);
-        let good = format!(
-            r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s"}}}}"#
-        );
+        let good = format!(r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s"}}}}"#);
         let two = format!("{good}\n\n{good}\n");
-        assert_eq!(
-            parse_spool_file("x.ndjson", two.as_bytes(), &d)
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(parse_spool_file("x.ndjson", two.as_bytes(), &d).unwrap().len(), 2);
         let bad = format!("{good}\n{{\"event_action\":1}}\n");
-        assert!(parse_spool_file("x.ndjson", bad.as_bytes(), &d)
-            .unwrap_err()
-            .starts_with("line 2: "));
-        assert_eq!(
-            parse_spool_file("x.json", b"", &d).unwrap_err(),
-            "file is empty"
-        );
+        assert!(parse_spool_file("x.ndjson", bad.as_bytes(), &d).unwrap_err().starts_with("line 2: "));
+        assert_eq!(parse_spool_file("x.json", b"", &d).unwrap_err(), "file is empty");
         assert!(parse_spool_file("x.ndjson", b"\n\n", &d).is_err());
         assert!(parse_spool_file("x.json", &[0xff, 0xfe], &d).is_err());
         let id = "0191e7a2-7c5e-7a41-9a0e-5f2d2b0c1d2e";
         let evs = parse_spool_file(&format!("{id}.json"), good.as_bytes(), &d).unwrap();
         assert_eq!(evs[0].id.as_deref(), Some(id));
-        assert_eq!(
-            parse_spool_file("alert.json", good.as_bytes(), &d).unwrap()[0].id,
-            None
-        );
+        assert_eq!(parse_spool_file("alert.json", good.as_bytes(), &d).unwrap()[0].id, None);
     }
 }

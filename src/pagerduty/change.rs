@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_links, Link};
 use crate::event::{
-    check_timestamp, routing_key_or_default, truncate_chars, EventError, IntakeDefaults,
-    RoutingKey, MAX_SUMMARY_CHARS,
+    check_timestamp, routing_key_or_default, truncate_chars, EventError, IntakeDefaults, RoutingKey, MAX_SUMMARY_CHARS,
 };
 
 /// A change event as sent.
@@ -65,14 +64,10 @@ impl ChangeEvent {
     /// Applies the intake rules: routing key (or the default), summary required and cut to
     /// 1024 characters, timestamp checked.
     pub fn from_input(input: ChangeInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
-        let routing_key =
-            routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
+        let routing_key = routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
         let mut summary = input.payload.summary.unwrap_or_default();
         if summary.trim().is_empty() {
-            return Err(EventError::new(
-                "payload.summary",
-                "is required and must not be empty",
-            ));
+            return Err(EventError::new("payload.summary", "is required and must not be empty"));
         }
         truncate_chars(&mut summary, MAX_SUMMARY_CHARS);
         if let Some(ts) = &input.payload.timestamp {

@@ -42,37 +42,25 @@ pub struct EventsClient {
 
 impl EventsClient {
     /// A client for `events_url` (no trailing slash) with the given timeouts.
-    pub fn new(
-        events_url: &str,
-        connect_timeout: Duration,
-        request_timeout: Duration,
-    ) -> reqwest::Result<Self> {
+    pub fn new(events_url: &str, connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("pdrelay/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
             .build()?;
-        Ok(EventsClient {
-            http,
-            base: events_url.trim_end_matches('/').to_owned(),
-        })
+        Ok(EventsClient { http, base: events_url.trim_end_matches('/').to_owned() })
     }
 
     /// POSTs `body` (JSON) to the endpoint of `kind` and reads the whole answer.
     pub async fn send(&self, kind: EventKind, body: Vec<u8>) -> Attempt {
         let url = format!("{}{}", self.base, kind.endpoint_path());
-        let response = match self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return transport(&e),
-        };
+        let response =
+            match self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await
+            {
+                Ok(r) => r,
+                Err(e) => return transport(&e),
+            };
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -85,12 +73,7 @@ impl EventsClient {
         };
         let body = serde_json::from_slice::<ApiResponse>(&bytes).unwrap_or_default();
         let cut = &bytes[..bytes.len().min(MAX_RESPONSE_BYTES)];
-        Attempt::Response {
-            status,
-            retry_after,
-            body,
-            text: String::from_utf8_lossy(cut).into_owned(),
-        }
+        Attempt::Response { status, retry_after, body, text: String::from_utf8_lossy(cut).into_owned() }
     }
 }
 
@@ -102,10 +85,7 @@ fn transport(e: &reqwest::Error) -> Attempt {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    Attempt::Transport {
-        message,
-        timeout: e.is_timeout(),
-    }
+    Attempt::Transport { message, timeout: e.is_timeout() }
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date (RFC 9110 section 10.2.3).
@@ -115,10 +95,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -129,16 +106,10 @@ mod tests {
     fn retry_after_in_seconds_and_dates() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
         let d = parse_retry_after(&later).unwrap();
-        assert!(
-            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-5"), None);
     }

@@ -40,10 +40,7 @@ pub struct Image {
 pub(crate) fn check_links(links: &[Link], field: &str) -> Result<(), EventError> {
     for (i, link) in links.iter().enumerate() {
         if link.href.is_empty() {
-            return Err(EventError::new(
-                format!("{field}[{i}].href"),
-                "must not be empty",
-            ));
+            return Err(EventError::new(format!("{field}[{i}].href"), "must not be empty"));
         }
     }
     Ok(())
@@ -52,10 +49,7 @@ pub(crate) fn check_links(links: &[Link], field: &str) -> Result<(), EventError>
 pub(crate) fn check_images(images: &[Image]) -> Result<(), EventError> {
     for (i, image) in images.iter().enumerate() {
         if image.src.is_empty() {
-            return Err(EventError::new(
-                format!("images[{i}].src"),
-                "must not be empty",
-            ));
+            return Err(EventError::new(format!("images[{i}].src"), "must not be empty"));
         }
     }
     Ok(())

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    fit_dedup_key, new_dedup_key, routing_key_or_default, truncate_chars, EventAction, EventError,
-    IntakeDefaults, RoutingKey, MAX_SUMMARY_CHARS,
+    fit_dedup_key, new_dedup_key, routing_key_or_default, truncate_chars, EventAction, EventError, IntakeDefaults,
+    RoutingKey, MAX_SUMMARY_CHARS,
 };
 
 /// A v1 event as sent.
@@ -61,18 +61,12 @@ impl V1Event {
     /// trigger without one, description required for a trigger and cut to 1024 characters,
     /// incident key fit to 255.
     pub fn from_input(input: V1Input, defaults: &IntakeDefaults) -> Result<Self, EventError> {
-        let service_key =
-            routing_key_or_default(input.service_key.as_deref(), "service_key", defaults)?;
+        let service_key = routing_key_or_default(input.service_key.as_deref(), "service_key", defaults)?;
         let event_type = EventAction::parse(&input.event_type, "event_type")?;
         let incident_key = match input.incident_key.filter(|k| !k.is_empty()) {
             Some(key) => Some(fit_dedup_key(key)),
             None if event_type == EventAction::Trigger => Some(new_dedup_key()),
-            None => {
-                return Err(EventError::new(
-                    "incident_key",
-                    format!("is required for {event_type}"),
-                ))
-            }
+            None => return Err(EventError::new("incident_key", format!("is required for {event_type}"))),
         };
         let mut description = input.description.filter(|d| !d.is_empty());
         match &mut description {
@@ -86,10 +80,7 @@ impl V1Event {
         }
         for (i, context) in input.contexts.iter().enumerate() {
             if !context.is_object() {
-                return Err(EventError::new(
-                    format!("contexts[{i}]"),
-                    "must be an object",
-                ));
+                return Err(EventError::new(format!("contexts[{i}]"), "must be an object"));
             }
         }
         Ok(V1Event {
@@ -112,14 +103,8 @@ mod tests {
     #[test]
     fn pdagent_queue_file_with_unicode_escape_is_read() {
         let text = r#"{"agent":{"agent_id":"SOME_ID","queued_at":"SOME_TIME","queued_by":"pd-send"},"description":"\u00e9","details":{},"event_type":"acknowledge","incident_key":"server.fire","service_key":"abcdefabcdefabcdefabcdefabcdefab"}"#;
-        let d = IntakeDefaults {
-            routing_key: None,
-            source: "h".into(),
-            severity: Severity::Error,
-        };
-        let Event::V1(e) = Event::from_json(text.as_bytes(), &d).unwrap() else {
-            panic!("v1")
-        };
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
+        let Event::V1(e) = Event::from_json(text.as_bytes(), &d).unwrap() else { panic!("v1") };
         assert_eq!(e.description.as_deref(), Some("é"));
         assert_eq!(e.incident_key.as_deref(), Some("server.fire"));
         let body: serde_json::Value = serde_json::from_slice(&Event::V1(e).request_body()).unwrap();

@@ -6,9 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_images, check_links, Image, Link};
 use crate::event::{
-    check_timestamp, fit_dedup_key, keep_original_severity, new_dedup_key, routing_key_or_default,
-    truncate_chars, EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
-    MAX_SUMMARY_CHARS,
+    check_timestamp, fit_dedup_key, keep_original_severity, new_dedup_key, routing_key_or_default, truncate_chars,
+    EventAction, EventError, IntakeDefaults, RoutingKey, Severity, MAX_SUMMARY_CHARS,
 };
 
 /// An alert event as sent: every rule of intake already holds.
@@ -110,32 +109,20 @@ impl AlertEvent {
     /// trigger without one, summary cut to 1024 characters, source defaulted, severity mapped
     /// (the original word kept in `custom_details`), timestamp checked, dedup key fit to 255.
     pub fn from_input(input: AlertInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
-        let routing_key =
-            routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
+        let routing_key = routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
         let event_action = EventAction::parse(&input.event_action, "event_action")?;
         let dedup_key = match input.dedup_key.filter(|k| !k.is_empty()) {
             Some(key) => Some(fit_dedup_key(key)),
             None if event_action == EventAction::Trigger => Some(new_dedup_key()),
-            None => {
-                return Err(EventError::new(
-                    "dedup_key",
-                    format!("is required for {event_action}"),
-                ))
-            }
+            None => return Err(EventError::new("dedup_key", format!("is required for {event_action}"))),
         };
         let payload = match input.payload {
-            Some(p)
-                if event_action == EventAction::Trigger
-                    || p.summary.as_deref().is_some_and(|s| !s.is_empty()) =>
-            {
+            Some(p) if event_action == EventAction::Trigger || p.summary.as_deref().is_some_and(|s| !s.is_empty()) => {
                 Some(AlertPayload::from_input(p, defaults)?)
             }
             Some(_) => None,
             None if event_action == EventAction::Trigger => {
-                return Err(EventError::new(
-                    "payload",
-                    "is required for trigger (summary, source, severity)",
-                ))
+                return Err(EventError::new("payload", "is required for trigger (summary, source, severity)"))
             }
             None => None,
         };
@@ -158,16 +145,10 @@ impl AlertPayload {
     fn from_input(input: PayloadInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
         let mut summary = input.summary.unwrap_or_default();
         if summary.trim().is_empty() {
-            return Err(EventError::new(
-                "payload.summary",
-                "is required and must not be empty",
-            ));
+            return Err(EventError::new("payload.summary", "is required and must not be empty"));
         }
         truncate_chars(&mut summary, MAX_SUMMARY_CHARS);
-        let source = input
-            .source
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| defaults.source.clone());
+        let source = input.source.filter(|s| !s.is_empty()).unwrap_or_else(|| defaults.source.clone());
         let mut custom_details = input.custom_details;
         let severity = match input.severity.as_deref() {
             None | Some("") => defaults.severity,
@@ -229,11 +210,7 @@ mod tests {
 
     #[test]
     fn severity_outside_the_enum_is_mapped_and_kept() {
-        let cases = [
-            ("CRITICAL", Severity::Critical),
-            ("warn", Severity::Warning),
-            ("banana", Severity::Error),
-        ];
+        let cases = [("CRITICAL", Severity::Critical), ("warn", Severity::Warning), ("banana", Severity::Error)];
         for (word, want) in cases {
             let a = alert(&format!(
                 r#"{{"event_action":"trigger","payload":{{"summary":"s","severity":"{word}","custom_details":{{"a":1}}}}}}"#
@@ -256,9 +233,7 @@ mod tests {
     fn summary_is_cut_and_long_dedup_key_fit() {
         let long = "ø".repeat(3000);
         let key = "x".repeat(400);
-        let a = alert(&format!(
-            r#"{{"event_action":"trigger","dedup_key":"{key}","payload":{{"summary":"{long}"}}}}"#
-        ));
+        let a = alert(&format!(r#"{{"event_action":"trigger","dedup_key":"{key}","payload":{{"summary":"{long}"}}}}"#));
         assert_eq!(a.payload.unwrap().summary.chars().count(), 1024);
         assert_eq!(a.dedup_key.unwrap().chars().count(), 255);
     }
@@ -267,8 +242,7 @@ mod tests {
     fn resolve_without_payload_is_sent_without_one() {
         let a = alert(r#"{"event_action":"resolve","dedup_key":"abc"}"#);
         assert_eq!(a.payload, None);
-        let body: serde_json::Value =
-            serde_json::from_slice(&Event::Alert(a).request_body()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&Event::Alert(a).request_body()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"routing_key": "d".repeat(32), "event_action": "resolve", "dedup_key": "abc"})

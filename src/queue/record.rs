@@ -74,8 +74,7 @@ pub enum StoredRecord {
 impl Record {
     /// Encodes for the database.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&StoredRecordRef::V1(self))
-            .expect("records serialize to JSON without fail")
+        serde_json::to_vec(&StoredRecordRef::V1(self)).expect("records serialize to JSON without fail")
     }
 
     /// Decodes a stored record of any known version.

@@ -34,9 +34,7 @@ const CHANNEL_DEPTH: usize = 65_536;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Another process (a running daemon) holds the database lock.
-    #[error(
-        "the queue at {path} is in use by another process (a running pdrelay daemon?): {detail}"
-    )]
+    #[error("the queue at {path} is in use by another process (a running pdrelay daemon?): {detail}")]
     Locked {
         /// Database directory.
         path: PathBuf,
@@ -139,7 +137,21 @@ enum Op {
     Outcome { seq: u64, outcome: Outcome },
 }
 
-enum Reply {
+/// A submitted insert; [`InsertTicket::wait`] completes once it is durable (or failed).
+pub struct InsertTicket(oneshot::Receiver<Result<Reply, StoreError>>);
+
+impl InsertTicket {
+    /// Waits for the group commit holding these events.
+    pub async fn wait(self) -> Result<Vec<Accepted>, StoreError> {
+        match self.0.await.map_err(|_| StoreError::Closed)?? {
+            Reply::Inserted(accepted) => Ok(accepted),
+            Reply::Done => Err(StoreError::Corrupt("insert answered as an outcome".into())),
+        }
+    }
+}
+
+/// What the committer answers.
+pub enum Reply {
     Inserted(Vec<Accepted>),
     Done,
 }
@@ -170,10 +182,7 @@ struct Inner {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn key(prefix: u8, seq: u64) -> [u8; 9] {
@@ -213,26 +222,14 @@ fn encode_pending(event: &Event) -> Vec<u8> {
 
 fn decode_pending(seq: u64, v: &[u8]) -> Result<PendingEntry, StoreError> {
     if v.len() < 32 {
-        return Err(StoreError::Corrupt(format!(
-            "pending entry {seq} is {} bytes",
-            v.len()
-        )));
+        return Err(StoreError::Corrupt(format!("pending entry {seq} is {} bytes", v.len())));
     }
     let text = |b: &[u8]| {
-        String::from_utf8(b.to_vec())
-            .map_err(|_| StoreError::Corrupt(format!("pending entry {seq} is not UTF-8")))
+        String::from_utf8(b.to_vec()).map_err(|_| StoreError::Corrupt(format!("pending entry {seq} is not UTF-8")))
     };
     let routing_key = text(&v[..32])?;
-    let dedup_key = if v.len() > 32 {
-        Some(text(&v[33..])?)
-    } else {
-        None
-    };
-    Ok(PendingEntry {
-        seq,
-        routing_key,
-        dedup_key,
-    })
+    let dedup_key = if v.len() > 32 { Some(text(&v[33..])?) } else { None };
+    Ok(PendingEntry { seq, routing_key, dedup_key })
 }
 
 impl Store {
@@ -243,14 +240,8 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path)?;
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
-            {
-                StoreError::Locked {
-                    path: path.to_owned(),
-                    detail: io.to_string(),
-                }
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { path: path.to_owned(), detail: io.to_string() }
             }
             other => StoreError::from(other),
         })?;
@@ -284,29 +275,30 @@ impl Store {
         &self.inner.path
     }
 
-    async fn request(&self, op: Op) -> Result<Reply, StoreError> {
-        let tx = self
-            .inner
-            .tx
-            .lock()
-            .expect("sender lock")
-            .clone()
-            .ok_or(StoreError::Closed)?;
+    /// Hands a request to the committer; waits only for room in its channel.
+    async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<Reply, StoreError>>, StoreError> {
+        let tx = self.inner.tx.lock().expect("sender lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Request { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        tx.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    async fn request(&self, op: Op) -> Result<Reply, StoreError> {
+        self.submit(op).await?.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Stores events durably (see the module docs of `queue` for what "durably" means here) and
     /// returns their ids, sequence numbers and dedup keys, in order. An event whose `id` is
     /// already stored is not stored again; its first acceptance is returned.
     pub async fn insert(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, StoreError> {
-        match self.request(Op::Insert(events)).await? {
-            Reply::Inserted(accepted) => Ok(accepted),
-            Reply::Done => unreachable!("insert answers Inserted"),
-        }
+        self.submit_insert(events).await?.wait().await
+    }
+
+    /// The first half of [`Store::insert`]: queues the events for the committer, in the order of
+    /// calls, and returns a ticket to wait on. A producer that must keep its order (one socket
+    /// connection) submits in order and waits later, so that it can pipeline.
+    pub async fn submit_insert(&self, events: Vec<NewEvent>) -> Result<InsertTicket, StoreError> {
+        self.submit(Op::Insert(events)).await.map(InsertTicket)
     }
 
     /// Records the outcome of an attempt on event `seq` durably. A delivered or failed event
@@ -328,9 +320,9 @@ impl Store {
     /// The record with sequence number `seq`.
     pub fn get(&self, seq: u64) -> Result<Option<Record>, StoreError> {
         match self.inner.tree.get(key(b'e', seq))? {
-            Some(bytes) => Record::decode(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}"))),
+            Some(bytes) => {
+                Record::decode(&bytes).map(Some).map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))
+            }
             None => Ok(None),
         }
     }
@@ -338,11 +330,9 @@ impl Store {
     /// The record with public id `id`.
     pub fn get_by_id(&self, id: &str) -> Result<Option<Record>, StoreError> {
         match self.inner.tree.get(id_key(id))? {
-            Some(seq) => {
-                self.get(u64::from_be_bytes(seq.as_ref().try_into().map_err(
-                    |_| StoreError::Corrupt(format!("id index for {id}")),
-                )?))
-            }
+            Some(seq) => self.get(u64::from_be_bytes(
+                seq.as_ref().try_into().map_err(|_| StoreError::Corrupt(format!("id index for {id}")))?,
+            )),
             None => Ok(None),
         }
     }
@@ -350,12 +340,7 @@ impl Store {
     /// Pending events with a sequence number of at least `from`, in order, at most `limit`.
     pub fn pending_from(&self, from: u64, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         let mut out = Vec::new();
-        for item in self
-            .inner
-            .tree
-            .range(key(b'p', from)..key(b'p', u64::MAX))
-            .take(limit)
-        {
+        for item in self.inner.tree.range(key(b'p', from)..key(b'p', u64::MAX)).take(limit) {
             let (k, v) = item?;
             out.push(decode_pending(seq_of(&k), &v)?);
         }
@@ -372,11 +357,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix([b'k']) {
             let (k, v) = item?;
-            let until = u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("pause entry".into()))?,
-            );
+            let until =
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("pause entry".into()))?);
             out.push((String::from_utf8_lossy(&k[1..]).into_owned(), until));
         }
         Ok(out)
@@ -394,13 +376,7 @@ impl Store {
     /// answer [`StoreError::Closed`].
     pub fn close(&self) {
         self.inner.tx.lock().expect("sender lock").take();
-        if let Some(handle) = self
-            .inner
-            .committer
-            .lock()
-            .expect("committer handle lock")
-            .take()
-        {
+        if let Some(handle) = self.inner.committer.lock().expect("committer handle lock").take() {
             let _ = handle.join();
         }
         let _ = self.inner.db.flush();
@@ -434,8 +410,7 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
                     prepare_insert(inner, events, &mut batch, &mut new_ids).map(Reply::Inserted)
                 }
                 Op::Outcome { seq, outcome } => {
-                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written)
-                        .map(|_| Reply::Done)
+                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written).map(|_| Reply::Done)
                 }
             };
             replies.push((req.reply, result));
@@ -445,9 +420,7 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
             .apply_batch(batch)
             .map_err(StoreError::from)
             .and_then(|_| inner.db.flush().map_err(StoreError::from))
-            .and_then(|_| {
-                sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from)
-            });
+            .and_then(|_| sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from));
         if committed.is_ok() {
             inner.syncs.fetch_add(1, Ordering::SeqCst);
         }
@@ -480,9 +453,7 @@ fn prepare_insert(
             }
             if let Some(seq) = inner.tree.get(id_key(id))? {
                 let seq = u64::from_be_bytes(
-                    seq.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt(format!("id index for {id}")))?,
+                    seq.as_ref().try_into().map_err(|_| StoreError::Corrupt(format!("id index for {id}")))?,
                 );
                 let dedup_key = match inner.tree.get(key(b'e', seq))? {
                     Some(bytes) => Record::decode(&bytes)
@@ -492,11 +463,7 @@ fn prepare_insert(
                         .map(str::to_owned),
                     None => new.event.dedup_key().map(str::to_owned),
                 };
-                accepted.push(Accepted {
-                    id: id.clone(),
-                    seq,
-                    dedup_key,
-                });
+                accepted.push(Accepted { id: id.clone(), seq, dedup_key });
                 continue;
             }
         }
@@ -519,11 +486,7 @@ fn prepare_insert(
         batch.insert(&key(b'e', seq), record.encode());
         batch.insert(id_key(&id), &seq.to_be_bytes());
         batch.insert(&key(b'p', seq), encode_pending(&record.event));
-        let a = Accepted {
-            id: id.clone(),
-            seq,
-            dedup_key: record.event.dedup_key().map(str::to_owned),
-        };
+        let a = Accepted { id: id.clone(), seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         new_ids.insert(id, a.clone());
         accepted.push(a);
     }
@@ -540,8 +503,7 @@ fn prepare_outcome(
     let mut record = match written.remove(&seq) {
         Some(r) => r,
         None => match inner.tree.get(key(b'e', seq))? {
-            Some(bytes) => Record::decode(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?,
+            Some(bytes) => Record::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?,
             None => return Err(StoreError::Corrupt(format!("record {seq} is missing"))),
         },
     };
@@ -556,11 +518,7 @@ fn prepare_outcome(
             record.last_error = None;
             batch.remove(&key(b'p', seq));
         }
-        Outcome::Failed {
-            status,
-            reason,
-            errors,
-        } => {
+        Outcome::Failed { status, reason, errors } => {
             record.state = State::Failed;
             record.last_status = status;
             record.next_attempt_at_ms = None;
@@ -568,20 +526,12 @@ fn prepare_outcome(
             record.errors = errors;
             batch.remove(&key(b'p', seq));
         }
-        Outcome::Retry {
-            status,
-            reason,
-            next_attempt_at_ms,
-            pause_routing_key,
-        } => {
+        Outcome::Retry { status, reason, next_attempt_at_ms, pause_routing_key } => {
             record.last_status = status;
             record.last_error = Some(reason);
             record.next_attempt_at_ms = Some(next_attempt_at_ms);
             if pause_routing_key {
-                batch.insert(
-                    pause_key(record.event.routing_key().as_str()),
-                    &next_attempt_at_ms.to_be_bytes(),
-                );
+                batch.insert(pause_key(record.event.routing_key().as_str()), &next_attempt_at_ms.to_be_bytes());
             }
         }
     }
@@ -591,11 +541,7 @@ fn prepare_outcome(
 }
 
 /// fsync the `db` file, then any blob file not yet synced and the directories naming them.
-fn sync_files(
-    db_file: &File,
-    path: &Path,
-    synced_blobs: &mut HashSet<OsString>,
-) -> std::io::Result<()> {
+fn sync_files(db_file: &File, path: &Path, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
     db_file.sync_data()?;
     let blobs = path.join("blobs");
     let entries = match std::fs::read_dir(&blobs) {
@@ -654,37 +600,22 @@ mod tests {
         let syncs = store.sync_count();
         let a = store
             .insert(vec![
-                NewEvent {
-                    id: Some("fixed".into()),
-                    intake: "spool",
-                    event: event("a"),
-                },
-                NewEvent {
-                    id: None,
-                    intake: "socket",
-                    event: event("b"),
-                },
+                NewEvent { id: Some("fixed".into()), intake: "spool", event: event("a") },
+                NewEvent { id: None, intake: "socket", event: event("b") },
             ])
             .await
             .unwrap();
         assert!(store.sync_count() > syncs, "acknowledged before a sync");
         assert!(a[0].seq < a[1].seq);
         let again = store
-            .insert(vec![NewEvent {
-                id: Some("fixed".into()),
-                intake: "spool",
-                event: event("a"),
-            }])
+            .insert(vec![NewEvent { id: Some("fixed".into()), intake: "spool", event: event("a") }])
             .await
             .unwrap();
         assert_eq!(again[0], a[0]);
         assert_eq!(store.pending_count(), 2);
         let pending = store.pending_from(0, 10).unwrap();
         assert_eq!(pending[0].dedup_key.as_deref(), Some("a"));
-        store
-            .record_outcome(a[0].seq, Outcome::Delivered { status: 202 })
-            .await
-            .unwrap();
+        store.record_outcome(a[0].seq, Outcome::Delivered { status: 202 }).await.unwrap();
         store
             .record_outcome(
                 a[1].seq,
@@ -698,21 +629,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.pending_count(), 1);
-        assert_eq!(
-            store.get(a[0].seq).unwrap().unwrap().state,
-            State::Delivered
-        );
+        assert_eq!(store.get(a[0].seq).unwrap().unwrap().state, State::Delivered);
         let waiting = store.get_by_id(&a[1].id).unwrap().unwrap();
-        assert_eq!(
-            (waiting.attempts, waiting.next_attempt_at_ms),
-            (1, Some(99))
-        );
+        assert_eq!((waiting.attempts, waiting.next_attempt_at_ms), (1, Some(99)));
         assert_eq!(store.pauses().unwrap(), vec![("r".repeat(32), 99)]);
         store.close();
-        assert!(matches!(
-            store.insert(vec![]).await,
-            Err(StoreError::Closed)
-        ));
+        assert!(matches!(store.insert(vec![]).await, Err(StoreError::Closed)));
         drop(store);
         let reopened = Store::open(&dir.path().join("q")).unwrap();
         assert_eq!(reopened.pending_count(), 1);
@@ -722,9 +644,7 @@ mod tests {
     fn a_second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(&dir.path().join("q")).unwrap();
-        let err = Store::open(&dir.path().join("q"))
-            .err()
-            .expect("second open must fail");
+        let err = Store::open(&dir.path().join("q")).err().expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     }
 }

@@ -1,0 +1,5 @@
+//! Black-box tests of the `pdrelay` binary against a fake Events API on loopback.
+
+mod fake_api;
+mod forwarder;
+mod support;
