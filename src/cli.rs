@@ -24,7 +24,7 @@ pub enum Command {
     /// Run the service in the foreground (SIGTERM or SIGINT stops it gracefully).
     Daemon,
     /// Enqueue one event; accepts pd-send's flags. Prints the event id and dedup key.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Check a config file: exit 0, or print every problem and exit 2.
     CheckConfig,
 }

@@ -248,7 +248,7 @@ mod tests {
         let mut argv = vec!["pdrelay", "send"];
         argv.extend_from_slice(line);
         match Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Send(a) => a,
+            crate::cli::Command::Send(a) => *a,
             _ => unreachable!(),
         }
     }
