@@ -27,6 +27,60 @@ pub enum Command {
     Send(Box<SendArgs>),
     /// Check a config file: exit 0, or print every problem and exit 2.
     CheckConfig,
+    /// Inspect and repair the queue (daemon running or stopped; root or the daemon's user).
+    Queue {
+        /// Print JSON instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+/// `pdrelay queue ...`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Counts by state and routing key, oldest pending age, paused keys, last success and error.
+    Status,
+    /// List events, oldest first.
+    List {
+        /// Only events in this state.
+        #[arg(long, value_enum)]
+        state: Option<crate::admin::ListState>,
+        /// Only events of this routing key (in full, or its first characters).
+        #[arg(long = "routing-key", short = 'k')]
+        routing_key: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = crate::admin::DEFAULT_LIST_LIMIT)]
+        limit: usize,
+    },
+    /// One event in full: the event, its attempts, the last response.
+    Show {
+        /// Event id.
+        id: String,
+    },
+    /// Put failed events back to pending.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "routing_key"])))]
+    Retry {
+        /// One event, by id.
+        id: Option<String>,
+        /// Every failed event.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Failed events of this routing key.
+        #[arg(long = "routing-key", short = 'k')]
+        routing_key: Option<String>,
+    },
+    /// Remove delivered or failed records (pending events are never purged).
+    Purge {
+        /// Which records.
+        #[arg(long, value_enum)]
+        state: crate::admin::PurgeState,
+        /// Only those finished at least this long ago, e.g. 7d, 12h.
+        #[arg(long = "older-than", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 /// Which Events API `send` targets.

@@ -33,6 +33,37 @@ pub struct ConfigFile {
     pub retry: RetrySection,
     /// Defaults filled in at intake.
     pub mapping: MappingSection,
+    /// How long finished records are kept.
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Delivered records are removed after this long.
+    #[serde(with = "humantime_serde")]
+    pub delivered: Duration,
+    /// Failed records are removed after this long.
+    #[serde(with = "humantime_serde")]
+    pub failed: Duration,
+    /// A pending event older than this moves to failed with the reason "expired"; 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub max_pending_age: Duration,
+    /// How often the daemon applies these rules.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            delivered: Duration::from_secs(7 * 86_400),
+            failed: Duration::from_secs(30 * 86_400),
+            max_pending_age: Duration::ZERO,
+            sweep_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[ingest]`
@@ -43,6 +74,18 @@ pub struct IngestSection {
     pub socket: PathBuf,
     /// Octal mode of the socket file, e.g. "0660".
     pub socket_mode: String,
+    /// Group (name or number) given to the socket file; empty keeps the daemon's group.
+    pub socket_group: String,
+    /// Most socket connections served at once; more get a `busy` reply and are closed.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A line must be complete within this long of its first byte.
+    #[serde(with = "humantime_serde")]
+    pub line_timeout: Duration,
+    /// Admin socket for `pdrelay queue` (mode 0600: root and the daemon's user only).
+    pub admin_socket: PathBuf,
     /// Directories watched for dropped files; the first also takes `pdrelay send`'s drop-files.
     pub spool_dirs: Vec<PathBuf>,
     /// Full rescan of the spool directories, besides inotify wake-ups.
@@ -111,6 +154,7 @@ impl Default for ConfigFile {
             pagerduty: PagerDutySection::default(),
             retry: RetrySection::default(),
             mapping: MappingSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -120,6 +164,11 @@ impl Default for IngestSection {
         IngestSection {
             socket: PathBuf::from("/run/pdrelay/pdrelay.sock"),
             socket_mode: "0660".to_owned(),
+            socket_group: String::new(),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+            line_timeout: Duration::from_secs(10),
+            admin_socket: PathBuf::from("/run/pdrelay/admin.sock"),
             spool_dirs: vec![PathBuf::from("/var/spool/pdrelay")],
             rescan_interval: Duration::from_secs(10),
             max_file_bytes: 16 * 1024 * 1024,
@@ -196,6 +245,8 @@ pub struct Config {
     pub events_url: String,
     /// What intake fills in.
     pub defaults: IntakeDefaults,
+    /// Group id for the socket file, if one is configured.
+    pub socket_gid: Option<u32>,
 }
 
 impl Config {
@@ -242,6 +293,28 @@ impl Config {
         }
         if file.ingest.rescan_interval < Duration::from_millis(100) {
             problems.push("ingest.rescan_interval: must be at least 100ms".to_owned());
+        }
+        if file.ingest.max_connections == 0 {
+            problems.push("ingest.max_connections: must be at least 1".to_owned());
+        }
+        if file.ingest.idle_timeout.is_zero() || file.ingest.line_timeout.is_zero() {
+            problems.push("ingest.idle_timeout, line_timeout: must be more than zero".to_owned());
+        }
+        if file.ingest.admin_socket == file.ingest.socket {
+            problems.push("ingest.admin_socket: must differ from ingest.socket".to_owned());
+        }
+        let socket_gid = match file.ingest.socket_group.as_str() {
+            "" => None,
+            group => match group_id(group) {
+                Some(gid) => Some(gid),
+                None => {
+                    problems.push(format!("ingest.socket_group: no group named {group:?} on this host"));
+                    None
+                }
+            },
+        };
+        if file.retention.sweep_interval < Duration::from_millis(100) {
+            problems.push("retention.sweep_interval: must be at least 100ms".to_owned());
         }
         if file.ingest.max_line_bytes < 4096 {
             problems.push("ingest.max_line_bytes: must be at least 4096".to_owned());
@@ -303,13 +376,34 @@ impl Config {
             "" => local_hostname(),
             s => s.to_owned(),
         };
-        Ok(Config { defaults: IntakeDefaults { routing_key, source, severity }, socket_mode, events_url, file })
+        Ok(Config {
+            defaults: IntakeDefaults { routing_key, source, severity },
+            socket_mode,
+            events_url,
+            file,
+            socket_gid,
+        })
     }
 
     /// Directory of the sled database.
     pub fn queue_path(&self) -> PathBuf {
         self.file.state_dir.join("queue")
     }
+}
+
+/// The id of group `name` (or a number), from the system's group database.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the right type and size; getgrnam_r writes
+    // only into `group` and `buf` and sets `result` to null or to `&group`.
+    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut group, buf.as_mut_ptr(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
 }
 
 #[cfg(test)]

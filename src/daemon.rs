@@ -8,6 +8,7 @@ use std::future::Future;
 
 use tracing::{error, info};
 
+use crate::admin;
 use crate::config::Config;
 use crate::delivery::worker::{self, DeliverySettings};
 use crate::intake::{socket, spool, Shutdown};
@@ -54,8 +55,10 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let file = &config.file;
     let client = EventsClient::new(&config.events_url, file.pagerduty.connect_timeout, file.pagerduty.request_timeout)?;
-    let listener = socket::bind(&file.ingest.socket, config.socket_mode)
+    let listener = socket::bind(&file.ingest.socket, config.socket_mode, config.socket_gid)
         .map_err(|source| DaemonError::Socket { path: file.ingest.socket.clone(), source })?;
+    let admin_listener = socket::bind(&file.ingest.admin_socket, 0o600, None)
+        .map_err(|source| DaemonError::Socket { path: file.ingest.admin_socket.clone(), source })?;
     let (trigger, shutdown) = Shutdown::new();
 
     let spool_task = tokio::spawn(spool::run(
@@ -68,14 +71,20 @@ async fn serve(
         store.clone(),
         shutdown.clone(),
     ));
-    let socket_task = tokio::spawn(socket::run(
-        listener,
-        file.ingest.socket.clone(),
-        store.clone(),
-        config.defaults.clone(),
-        file.ingest.max_line_bytes,
-        shutdown.clone(),
-    ));
+    let socket_settings = socket::SocketSettings {
+        path: file.ingest.socket.clone(),
+        mode: config.socket_mode,
+        gid: config.socket_gid,
+        max_line_bytes: file.ingest.max_line_bytes,
+        max_connections: file.ingest.max_connections,
+        idle_timeout: file.ingest.idle_timeout,
+        line_timeout: file.ingest.line_timeout,
+        defaults: config.defaults.clone(),
+    };
+    let socket_task = tokio::spawn(socket::run(listener, socket_settings, store.clone(), shutdown.clone()));
+    let admin_task =
+        tokio::spawn(admin::serve(admin_listener, file.ingest.admin_socket.clone(), store.clone(), shutdown.clone()));
+    let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
     let settings = DeliverySettings {
         client,
         retry: file.retry.clone(),
@@ -97,6 +106,8 @@ async fn serve(
     let _ = trigger.send(true);
     let _ = spool_task.await;
     let _ = socket_task.await;
+    let _ = admin_task.await;
+    let _ = retention_task.await;
     let delivery_result = match delivery_result {
         Some(r) => r,
         None => delivery.await,

@@ -12,8 +12,10 @@
 //!
 //! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
-//! shutdown), [`send`] (the `pdrelay send` client side), [`cli`] (arguments).
+//! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
+//! [`cli`] (arguments).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;

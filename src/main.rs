@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pdrelay::cli::{Cli, Command};
+use pdrelay::admin::{self, AdminError, AdminRequest, RetryTarget};
+use pdrelay::cli::{Cli, Command, QueueCommand};
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::send::{self, Handed, SendError};
 
@@ -46,6 +47,39 @@ fn main() -> ExitCode {
             }
         },
         Command::Daemon => run_daemon(config),
+        Command::Queue { json, command } => run_queue(&config, command, json),
+    }
+}
+
+fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
+    let request = match command {
+        QueueCommand::Status => AdminRequest::Status,
+        QueueCommand::List { state, routing_key, limit } => AdminRequest::List { state, routing_key, limit },
+        QueueCommand::Show { id } => AdminRequest::Show { id },
+        QueueCommand::Retry { id, all, routing_key } => AdminRequest::Retry {
+            target: match (id, all, routing_key) {
+                (Some(id), _, _) => RetryTarget::Id(id),
+                (_, _, Some(key)) => RetryTarget::RoutingKey(key),
+                _ => RetryTarget::All,
+            },
+        },
+        QueueCommand::Purge { state, older_than } => {
+            AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) }
+        }
+    };
+    match admin::call(config, request) {
+        Ok(answer) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer).expect("answers serialize"));
+            } else {
+                print!("{}", admin::render(&answer));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay queue: {e}");
+            ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 })
+        }
     }
 }
 

@@ -117,7 +117,12 @@ pub async fn run(
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = d.store.queued().notified() => d.scan()?,
+            _ = d.store.queued().notified() => {
+                d.scan()?;
+                for entry in d.store.take_requeued() {
+                    d.enqueue(entry);
+                }
+            }
             Some(joined) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => d.finish(joined),
             _ = timer => d.fire_timers(),
         }

@@ -3,17 +3,23 @@
 //! commit is on disk; `{"ok":false,"code":"invalid"|"unavailable"|"too_long","error":"..."}` names
 //! the field and the rule. A client may pipeline lines without waiting for replies.
 //!
-//! Bounds: a line longer than `ingest.max_line_bytes` gets an error reply and the connection is
-//! closed.
+//! Bounds, so that no client can hurt another or the daemon: a line longer than
+//! `ingest.max_line_bytes` gets a `too_long` reply and the connection is closed; a line must be
+//! complete within `line_timeout` of its first byte (else `timeout` and close); a connection idle
+//! for `idle_timeout` is closed, and so is one whose replies cannot be written for that long (a
+//! client that stopped reading); past `max_connections`, a new connection gets a `busy` reply and
+//! is closed. Each connection has its own tasks, so a stalled client delays only itself.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Shutdown;
@@ -34,7 +40,8 @@ pub struct Reply {
     /// Dedup key that will be sent, when stored (`null` for change events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
-    /// `invalid` (fix the event), `unavailable` (try again later), `too_long` (line over limit).
+    /// `invalid` (fix the event), `unavailable` (could not store: try again), `too_long` (line
+    /// over the limit), `timeout` (line not finished in time), `busy` (too many connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// One-line reason, naming the field and the rule.
@@ -55,9 +62,30 @@ impl Reply {
     }
 }
 
-/// Binds the socket at `path`: creates its directory, replaces a stale socket file left by a
-/// crash (but not one a live process answers on), and sets `mode`.
-pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+/// Socket settings, from `[ingest]`.
+#[derive(Debug, Clone)]
+pub struct SocketSettings {
+    /// Socket path.
+    pub path: PathBuf,
+    /// File mode.
+    pub mode: u32,
+    /// Group for the file, if any.
+    pub gid: Option<u32>,
+    /// Longest line, in bytes.
+    pub max_line_bytes: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Close a connection silent (or not reading replies) for this long.
+    pub idle_timeout: Duration,
+    /// A line must be complete within this long of its first byte.
+    pub line_timeout: Duration,
+    /// Defaults filled in at intake.
+    pub defaults: IntakeDefaults,
+}
+
+/// Binds a socket at `path`: creates its directory, replaces a stale socket file left by a
+/// crash (but not one a live process answers on), and sets `mode` and, if given, the group.
+pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -73,21 +101,19 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         }
     }
     let listener = UnixListener::bind(path)?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(path, None, gid)?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
 /// Serves connections until shutdown, then removes the socket file. Connections in progress get
 /// replies for the lines already read.
-pub async fn run(
-    listener: UnixListener,
-    path: PathBuf,
-    store: Store,
-    defaults: IntakeDefaults,
-    max_line_bytes: usize,
-    mut shutdown: Shutdown,
-) {
-    info!(socket = %path.display(), "socket intake started");
+pub async fn run(listener: UnixListener, settings: SocketSettings, store: Store, mut shutdown: Shutdown) {
+    info!(socket = %settings.path.display(), "socket intake started");
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let settings = Arc::new(settings);
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -96,82 +122,130 @@ pub async fn run(
                     if let Ok(cred) = stream.peer_cred() {
                         debug!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "socket connection");
                     }
-                    tokio::spawn(serve(stream, store.clone(), defaults.clone(), max_line_bytes, shutdown.clone()));
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let (store, settings, shutdown) = (store.clone(), settings.clone(), shutdown.clone());
+                            tokio::spawn(async move {
+                                serve(stream, store, &settings, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            let max = settings.max_connections;
+                            tokio::spawn(async move {
+                                let reply = Reply::error("busy", format!("connections: at most {max} at once; try again"));
+                                let mut stream = stream;
+                                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.line())).await;
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&settings.path);
     debug!("socket intake stopped");
 }
 
-async fn serve(
-    stream: UnixStream,
-    store: Store,
-    defaults: IntakeDefaults,
-    max_line_bytes: usize,
-    mut shutdown: Shutdown,
-) {
+/// A reply in the making: known now, or once a commit lands.
+enum Pending {
+    Now(Reply),
+    Stored(Result<InsertTicket, StoreError>),
+}
+
+async fn serve(stream: UnixStream, store: Store, settings: &SocketSettings, mut shutdown: Shutdown) {
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let (tx, mut rx) = mpsc::channel::<JoinHandle<Reply>>(REPLY_DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Pending>(REPLY_DEPTH);
+    let idle = settings.idle_timeout;
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::new(write);
-        while let Some(handle) = rx.recv().await {
-            let reply = handle.await.unwrap_or_else(|e| Reply::error("unavailable", format!("internal error: {e}")));
-            if out.write_all(&reply.line()).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && out.flush().await.is_err() {
+        while let Some(pending) = rx.recv().await {
+            let reply = match pending {
+                Pending::Now(reply) => reply,
+                Pending::Stored(ticket) => reply_when_stored(ticket).await,
+            };
+            // A client that stops reading its replies is closed after the idle timeout.
+            let wrote = tokio::time::timeout(idle, async {
+                out.write_all(&reply.line()).await?;
+                if rx.is_empty() {
+                    out.flush().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                debug!("socket client not reading replies; closing");
                 return;
             }
         }
-        let _ = out.flush().await;
+        let _ = tokio::time::timeout(idle, out.flush()).await;
     });
+    let max = settings.max_line_bytes;
     let mut line = Vec::new();
     loop {
         line.clear();
-        let mut limited = (&mut reader).take(max_line_bytes as u64 + 1);
-        let read = tokio::select! {
+        // Wait for the first byte of a line, up to the idle timeout.
+        let ready = tokio::select! {
             _ = shutdown.wait() => break,
-            read = limited.read_until(b'\n', &mut line) => read,
+            ready = tokio::time::timeout(idle, reader.fill_buf()) => ready,
         };
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
+        match ready {
+            Err(_) => {
+                debug!("socket connection idle; closing");
+                break;
+            }
+            Ok(Err(e)) => {
                 debug!(error = %e, "socket read failed");
                 break;
             }
+            Ok(Ok([])) => break,
+            Ok(Ok(_)) => {}
         }
-        if line.last() != Some(&b'\n') && line.len() > max_line_bytes {
-            let reply = Reply::error(
-                "too_long",
-                format!("line: must be at most {max_line_bytes} bytes; closing the connection"),
-            );
-            let _ = tx.send(tokio::spawn(async move { reply })).await;
+        let mut limited = (&mut reader).take(max as u64 + 1);
+        let read = tokio::select! {
+            _ = shutdown.wait() => break,
+            read = tokio::time::timeout(settings.line_timeout, limited.read_until(b'\n', &mut line)) => read,
+        };
+        match read {
+            Err(_) => {
+                let reply = Reply::error(
+                    "timeout",
+                    format!(
+                        "line: must be complete within {:?} of its first byte; closing the connection",
+                        settings.line_timeout
+                    ),
+                );
+                let _ = tx.send(Pending::Now(reply)).await;
+                break;
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "socket read failed");
+                break;
+            }
+            Ok(Ok(_)) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() > max {
+            let reply = Reply::error("too_long", format!("line: must be at most {max} bytes; closing the connection"));
+            let _ = tx.send(Pending::Now(reply)).await;
             break;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let handle = match Event::from_json(&line, &defaults) {
+        let pending = match Event::from_json(&line, &settings.defaults) {
+            // Submitted here, in line order, so that acceptance order is the connection's order;
+            // the writer waits for the commit.
             Ok(event) => {
-                // Submitted here, in line order, so that acceptance order is the connection's
-                // order; the wait for the commit happens in the spawned task.
-                let ticket = store.submit_insert(vec![NewEvent { id: None, intake: "socket", event }]).await;
-                tokio::spawn(reply_when_stored(ticket))
+                Pending::Stored(store.submit_insert(vec![NewEvent { id: None, intake: "socket", event }]).await)
             }
-            Err(e) => {
-                let reply = Reply::error("invalid", e.to_string());
-                tokio::spawn(async move { reply })
-            }
+            Err(e) => Pending::Now(Reply::error("invalid", e.to_string())),
         };
-        if tx.send(handle).await.is_err() {
+        if tx.send(pending).await.is_err() {
             break;
         }
     }

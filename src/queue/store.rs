@@ -68,6 +68,9 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
+/// A moment and what happened then: (ms since the epoch, text).
+pub type Stamp = (u64, String);
+
 /// An event handed to [`Store::insert`].
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -134,7 +137,16 @@ pub struct PendingEntry {
 
 enum Op {
     Insert(Vec<NewEvent>),
-    Outcome { seq: u64, outcome: Outcome },
+    Outcome {
+        seq: u64,
+        outcome: Outcome,
+    },
+    /// Failed events back to pending.
+    Retry(Vec<u64>),
+    /// Pending events that reached the maximum age: to failed, reason "expired".
+    Expire(Vec<u64>),
+    /// Delivered or failed records removed for good (pending ones are never removed).
+    Remove(Vec<u64>),
 }
 
 /// A submitted insert; [`InsertTicket::wait`] completes once it is durable (or failed).
@@ -145,15 +157,19 @@ impl InsertTicket {
     pub async fn wait(self) -> Result<Vec<Accepted>, StoreError> {
         match self.0.await.map_err(|_| StoreError::Closed)?? {
             Reply::Inserted(accepted) => Ok(accepted),
-            Reply::Done => Err(StoreError::Corrupt("insert answered as an outcome".into())),
+            _ => Err(StoreError::Corrupt("insert answered as an outcome".into())),
         }
     }
 }
 
 /// What the committer answers.
 pub enum Reply {
+    /// Insert: what was accepted.
     Inserted(Vec<Accepted>),
+    /// Outcome recorded.
     Done,
+    /// Retry, expire, remove: how many records changed.
+    Changed(usize),
 }
 
 struct Request {
@@ -178,6 +194,15 @@ struct Inner {
     queued: Notify,
     /// Completed fsync rounds; read by tests to check syncs precede acknowledgements.
     syncs: AtomicU64,
+    /// Events put back to pending by `queue retry`, for the dispatcher (their sequence numbers
+    /// are behind its scan position).
+    requeued: Mutex<Vec<PendingEntry>>,
+}
+
+impl Inner {
+    fn has_requeued(&self) -> bool {
+        !self.requeued.lock().expect("requeued lock").is_empty()
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -203,6 +228,13 @@ fn pause_key(routing_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + routing_key.len());
     k.push(b'k');
     k.extend_from_slice(routing_key.as_bytes());
+    k
+}
+
+fn meta_key(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(b'm');
+    k.extend_from_slice(name);
     k
 }
 
@@ -260,6 +292,7 @@ impl Store {
             committer: Mutex::new(None),
             queued: Notify::new(),
             syncs: AtomicU64::new(0),
+            requeued: Mutex::new(Vec::new()),
         });
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
@@ -305,6 +338,43 @@ impl Store {
     /// leaves the pending set in the same commit.
     pub async fn record_outcome(&self, seq: u64, outcome: Outcome) -> Result<(), StoreError> {
         self.request(Op::Outcome { seq, outcome }).await.map(|_| ())
+    }
+
+    /// Failed events back to pending (`queue retry`), at the end of their lines. Returns how many
+    /// changed (events not in the failed state are left alone).
+    pub async fn retry_failed(&self, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        self.changed(Op::Retry(seqs)).await
+    }
+
+    /// Pending events to failed with the reason "expired". Returns how many changed.
+    pub async fn expire(&self, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        self.changed(Op::Expire(seqs)).await
+    }
+
+    /// Removes delivered and failed records for good; pending ones are never removed. Returns
+    /// how many were removed.
+    pub async fn remove_finished(&self, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        self.changed(Op::Remove(seqs)).await
+    }
+
+    async fn changed(&self, op: Op) -> Result<usize, StoreError> {
+        match self.request(op).await? {
+            Reply::Changed(n) => Ok(n),
+            _ => Err(StoreError::Corrupt("unexpected reply from the committer".into())),
+        }
+    }
+
+    /// Takes the events `queue retry` put back to pending since the last call.
+    pub fn take_requeued(&self) -> Vec<PendingEntry> {
+        std::mem::take(&mut *self.inner.requeued.lock().expect("requeued lock"))
+    }
+
+    /// When the last delivery succeeded, and the last error: `(ms since the epoch, text)`.
+    pub fn last_events(&self) -> Result<(Option<Stamp>, Option<Stamp>), StoreError> {
+        let read = |name: &[u8]| -> Result<Option<Stamp>, StoreError> {
+            Ok(self.inner.tree.get(meta_key(name))?.and_then(|v| serde_json::from_slice(&v).ok()))
+        };
+        Ok((read(b"last_success")?, read(b"last_error")?))
     }
 
     /// Woken after each commit that stored new events.
@@ -402,6 +472,7 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
         let mut written: HashMap<u64, Record> = HashMap::new();
         let mut new_ids: HashMap<String, Accepted> = HashMap::new();
         let mut inserted_any = false;
+        let mut requeued: Vec<PendingEntry> = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
         for req in group {
             let result = match req.op {
@@ -412,6 +483,17 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
                 Op::Outcome { seq, outcome } => {
                     prepare_outcome(inner, seq, outcome, &mut batch, &mut written).map(|_| Reply::Done)
                 }
+                Op::Retry(seqs) => {
+                    let changed = prepare_admin(inner, &seqs, AdminChange::Retry, &mut batch, &mut written);
+                    if let Ok(entries) = &changed {
+                        requeued.extend(entries.iter().cloned());
+                    }
+                    changed.map(|e| Reply::Changed(e.len()))
+                }
+                Op::Expire(seqs) => prepare_admin(inner, &seqs, AdminChange::Expire, &mut batch, &mut written)
+                    .map(|e| Reply::Changed(e.len())),
+                Op::Remove(seqs) => prepare_admin(inner, &seqs, AdminChange::Remove, &mut batch, &mut written)
+                    .map(|e| Reply::Changed(e.len())),
             };
             replies.push((req.reply, result));
         }
@@ -431,7 +513,10 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
             };
             let _ = reply.send(result);
         }
-        if inserted_any && committed.is_ok() {
+        if committed.is_ok() && !requeued.is_empty() {
+            inner.requeued.lock().expect("requeued lock").append(&mut requeued);
+        }
+        if (inserted_any || !requeued.is_empty() || inner.has_requeued()) && committed.is_ok() {
             inner.queued.notify_one();
         }
     }
@@ -508,8 +593,23 @@ fn prepare_outcome(
         },
     };
     let now = now_ms();
+    if record.state != State::Pending {
+        // Expired or purged while in flight: keep what the operator decided.
+        return Ok(());
+    }
     record.attempts += 1;
     record.last_attempt_at_ms = Some(now);
+    let meta = |name: &[u8], text: String| (meta_key(name), serde_json::to_vec(&(now, text)).expect("meta encodes"));
+    match &outcome {
+        Outcome::Delivered { .. } => {
+            let (k, v) = meta(b"last_success", record.id.clone());
+            batch.insert(k, v);
+        }
+        Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
+            let (k, v) = meta(b"last_error", format!("{}: {reason}", record.id));
+            batch.insert(k, v);
+        }
+    }
     match outcome {
         Outcome::Delivered { status } => {
             record.state = State::Delivered;
@@ -538,6 +638,65 @@ fn prepare_outcome(
     batch.insert(&key(b'e', seq), record.encode());
     written.insert(seq, record);
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum AdminChange {
+    Retry,
+    Expire,
+    Remove,
+}
+
+/// Applies an operator's change to each record it fits; returns the pending entries it made.
+fn prepare_admin(
+    inner: &Inner,
+    seqs: &[u64],
+    change: AdminChange,
+    batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
+) -> Result<Vec<PendingEntry>, StoreError> {
+    let mut changed = Vec::new();
+    for &seq in seqs {
+        let record = match written.remove(&seq) {
+            Some(r) => Some(r),
+            None => match inner.tree.get(key(b'e', seq))? {
+                Some(bytes) => {
+                    Some(Record::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?)
+                }
+                None => None,
+            },
+        };
+        let Some(mut record) = record else { continue };
+        match (change, record.state) {
+            (AdminChange::Retry, State::Failed) => {
+                record.state = State::Pending;
+                record.next_attempt_at_ms = None;
+                let pending = encode_pending(&record.event);
+                changed.push(decode_pending(seq, &pending)?);
+                batch.insert(&key(b'p', seq), pending);
+            }
+            (AdminChange::Expire, State::Pending) => {
+                record.state = State::Failed;
+                record.next_attempt_at_ms = None;
+                record.last_error = Some("expired".to_owned());
+                batch.remove(&key(b'p', seq));
+                changed.push(PendingEntry { seq, routing_key: String::new(), dedup_key: None });
+            }
+            (AdminChange::Remove, State::Delivered | State::Failed) => {
+                batch.remove(&key(b'e', seq));
+                batch.remove(id_key(&record.id));
+                changed.push(PendingEntry { seq, routing_key: String::new(), dedup_key: None });
+                continue;
+            }
+            _ => {
+                written.insert(seq, record);
+                continue;
+            }
+        }
+        batch.insert(&key(b'e', seq), record.encode());
+        written.insert(seq, record);
+    }
+    Ok(changed)
 }
 
 /// fsync the `db` file, then any blob file not yet synced and the directories naming them.

@@ -2,4 +2,5 @@
 
 mod fake_api;
 mod forwarder;
+mod socket_admin;
 mod support;

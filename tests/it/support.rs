@@ -53,6 +53,7 @@ log_level = "pdrelay=debug,info"
 shutdown_timeout = "3s"
 [ingest]
 socket = "{socket}"
+admin_socket = "{admin}"
 spool_dirs = ["{spool}"]
 rescan_interval = "1s"
 [pagerduty]
@@ -63,14 +64,14 @@ request_timeout = "2s"
 initial_interval = "50ms"
 max_interval = "400ms"
 max_retry_after = "2s"
-{extra}
 "#,
             state = state.display(),
             socket = socket.display(),
+            admin = dir.path().join("run/admin.sock").display(),
             spool = spool.display(),
             url = fake.url(),
         );
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, merge_sections(&text, extra)).unwrap();
         std::fs::create_dir_all(&spool).unwrap();
         TestEnv { dir, fake, config, spool, socket, state }
     }
@@ -199,4 +200,30 @@ pub fn trigger(rk: &str, dedup: &str, summary: &str) -> String {
 /// Opens the stopped daemon's store directly.
 pub fn open_store(state: &Path) -> pdrelay::queue::Store {
     pdrelay::queue::Store::open(&state.join("queue")).unwrap()
+}
+
+/// Appends `extra` (TOML with section headers) to `base`, moving keys of a section that `base`
+/// already has under that section, so tests can override any key.
+fn merge_sections(base: &str, extra: &str) -> String {
+    let mut doc: toml::Table = toml::from_str(base).unwrap();
+    let more: toml::Table = toml::from_str(extra).unwrap();
+    for (k, v) in more {
+        match (doc.get_mut(&k), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(m)) => t.extend(m),
+            (_, v) => {
+                doc.insert(k, v);
+            }
+        }
+    }
+    toml::to_string(&doc).unwrap()
+}
+
+impl TestEnv {
+    /// Runs `pdrelay queue ARGS --json` and parses the answer.
+    pub fn queue_json(&self, args: &[&str]) -> Value {
+        let out = self.command().arg("queue").args(args).arg("--json").output().unwrap();
+        assert!(out.status.success(), "queue {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["result"].clone()
+    }
 }

@@ -1,0 +1,619 @@
+//! Queue administration: `pdrelay queue status|list|show|retry|purge`, and the retention sweep.
+//!
+//! The same [`execute`] serves both paths: with the daemon running, the CLI sends one JSON
+//! request line over the admin socket (`ingest.admin_socket`, mode 0600; the daemon also checks
+//! the caller's uid with SO_PEERCRED: root or its own user only, since a purge is not for every
+//! member of the send group) and reads one JSON reply line; with the daemon stopped, the CLI
+//! opens the store itself (sled's lock tells which case holds).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::UnixListener;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, RetentionSection};
+use crate::intake::Shutdown;
+use crate::queue::record::{Record, State};
+use crate::queue::store::{now_ms, Store, StoreError};
+
+/// Longest admin request line, in bytes.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Most records a `list` returns unless asked for more.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+
+/// A state as listings show it: `waiting` is a pending event whose retry time is ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ListState {
+    /// Waiting to be sent now.
+    Pending,
+    /// Waiting for its retry time.
+    Waiting,
+    /// Refused by PagerDuty, or expired.
+    Failed,
+    /// Delivered.
+    Delivered,
+}
+
+/// States a purge may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeState {
+    /// Failed records.
+    Failed,
+    /// Delivered records.
+    Delivered,
+}
+
+/// Which failed events `retry` puts back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryTarget {
+    /// One event, by id.
+    Id(String),
+    /// Every failed event.
+    All,
+    /// Failed events of a routing key (the full key or its first characters).
+    RoutingKey(String),
+}
+
+/// One admin request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Counts, ages, pauses, last success and error.
+    Status,
+    /// Records, filtered.
+    List {
+        /// Only this state.
+        state: Option<ListState>,
+        /// Only this routing key (full, or its first characters).
+        routing_key: Option<String>,
+        /// At most this many, oldest first.
+        limit: usize,
+    },
+    /// One record in full.
+    Show {
+        /// Event id.
+        id: String,
+    },
+    /// Failed back to pending.
+    Retry {
+        /// Which.
+        target: RetryTarget,
+    },
+    /// Remove finished records.
+    Purge {
+        /// Failed or delivered.
+        state: PurgeState,
+        /// Only those finished at least this many seconds ago.
+        older_than_s: Option<u64>,
+    },
+}
+
+/// Counts for one routing key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Pending, to be sent now.
+    pub pending: u64,
+    /// Pending, waiting for a retry time.
+    pub waiting: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Delivered and still kept.
+    pub delivered: u64,
+}
+
+/// `queue status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Totals.
+    pub total: Counts,
+    /// Per routing key (redacted: first 6 characters).
+    pub routing_keys: Vec<(String, Counts)>,
+    /// Age of the oldest pending event, in seconds.
+    pub oldest_pending_age_s: Option<u64>,
+    /// Paused routing keys (redacted) and until when (RFC 3339).
+    pub paused: Vec<(String, String)>,
+    /// Last delivery: when (RFC 3339) and which event id.
+    pub last_success: Option<(String, String)>,
+    /// Last error: when (RFC 3339) and what.
+    pub last_error: Option<(String, String)>,
+}
+
+/// One line of `queue list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSummary {
+    /// Event id.
+    pub id: String,
+    /// pending, waiting, failed, delivered.
+    pub state: ListState,
+    /// v2, change, v1.
+    pub kind: String,
+    /// Routing key, redacted.
+    pub routing_key: String,
+    /// Dedup key.
+    pub dedup_key: Option<String>,
+    /// trigger, acknowledge, resolve; none for change events.
+    pub action: Option<String>,
+    /// Summary, cut to 60 characters.
+    pub summary: Option<String>,
+    /// Accepted at (RFC 3339).
+    pub accepted_at: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Next attempt (RFC 3339), while waiting.
+    pub next_attempt_at: Option<String>,
+    /// Last HTTP status.
+    pub last_status: Option<u16>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// What an admin request answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "result", rename_all = "snake_case")]
+pub enum AdminAnswer {
+    /// For `status`.
+    Status(StatusReport),
+    /// For `list`.
+    List(Vec<RecordSummary>),
+    /// For `show`.
+    Show(Box<Record>),
+    /// For `retry` and `purge`: records changed.
+    Changed(usize),
+}
+
+/// The reply line on the admin socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminReply {
+    /// Whether it worked.
+    pub ok: bool,
+    /// The answer, when ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<AdminAnswer>,
+    /// One line, when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request names something that does not exist, or is malformed (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not allowed: the caller is neither root nor the daemon's user (exit 1).
+    #[error("{0}")]
+    Denied(String),
+    /// The store or the daemon could not do it (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError::Failed(e.to_string())
+    }
+}
+
+/// RFC 3339 for ms since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn list_state(record: &Record, now: u64) -> ListState {
+    match record.state {
+        State::Pending if record.next_attempt_at_ms.is_some_and(|at| at > now) => ListState::Waiting,
+        State::Pending => ListState::Pending,
+        State::Failed => ListState::Failed,
+        State::Delivered => ListState::Delivered,
+    }
+}
+
+fn summarize(record: &Record, now: u64) -> RecordSummary {
+    RecordSummary {
+        id: record.id.clone(),
+        state: list_state(record, now),
+        kind: record.event.kind().as_str().to_owned(),
+        routing_key: record.event.routing_key().redacted(),
+        dedup_key: record.event.dedup_key().map(str::to_owned),
+        action: record.event.action().map(|a| a.as_str().to_owned()),
+        summary: record.event.summary().map(|s| s.chars().take(60).collect()),
+        accepted_at: rfc3339(record.accepted_at_ms),
+        attempts: record.attempts,
+        next_attempt_at: record.next_attempt_at_ms.map(rfc3339),
+        last_status: record.last_status,
+        last_error: record.last_error.clone(),
+    }
+}
+
+fn matches_key(record: &Record, key: &str) -> bool {
+    record.event.routing_key().as_str().starts_with(key.trim_end_matches('…'))
+}
+
+/// Carries out one request against the store.
+pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer, AdminError> {
+    let now = now_ms();
+    match request {
+        AdminRequest::Status => {
+            let s = store.clone();
+            let report = tokio::task::spawn_blocking(move || status(&s, now))
+                .await
+                .map_err(|e| AdminError::Failed(e.to_string()))??;
+            Ok(AdminAnswer::Status(report))
+        }
+        AdminRequest::List { state, routing_key, limit } => {
+            let mut out = Vec::new();
+            for record in store.records() {
+                let record = record?;
+                if state.is_some_and(|s| s != list_state(&record, now)) {
+                    continue;
+                }
+                if routing_key.as_deref().is_some_and(|k| !matches_key(&record, k)) {
+                    continue;
+                }
+                out.push(summarize(&record, now));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(AdminAnswer::List(out))
+        }
+        AdminRequest::Show { id } => match store.get_by_id(&id)? {
+            Some(record) => Ok(AdminAnswer::Show(Box::new(record))),
+            None => Err(AdminError::Invalid(format!("id: no event {id:?} in the queue"))),
+        },
+        AdminRequest::Retry { target } => {
+            let seqs: Vec<u64> = match &target {
+                RetryTarget::Id(id) => match store.get_by_id(id)? {
+                    Some(r) if r.state == State::Failed => vec![r.seq],
+                    Some(r) => {
+                        return Err(AdminError::Invalid(format!(
+                            "id: event {id} is {}, only failed events can be retried",
+                            r.state.as_str()
+                        )))
+                    }
+                    None => return Err(AdminError::Invalid(format!("id: no event {id:?} in the queue"))),
+                },
+                RetryTarget::All | RetryTarget::RoutingKey(_) => store
+                    .records()
+                    .filter_map(Result::ok)
+                    .filter(|r| r.state == State::Failed)
+                    .filter(|r| match &target {
+                        RetryTarget::RoutingKey(k) => matches_key(r, k),
+                        _ => true,
+                    })
+                    .map(|r| r.seq)
+                    .collect(),
+            };
+            Ok(AdminAnswer::Changed(store.retry_failed(seqs).await?))
+        }
+        AdminRequest::Purge { state, older_than_s } => {
+            let cutoff = now.saturating_sub(older_than_s.unwrap_or(0) * 1000);
+            let want = match state {
+                PurgeState::Failed => State::Failed,
+                PurgeState::Delivered => State::Delivered,
+            };
+            let seqs = finished_before(store, want, cutoff);
+            Ok(AdminAnswer::Changed(store.remove_finished(seqs).await?))
+        }
+    }
+}
+
+fn finished_before(store: &Store, state: State, cutoff_ms: u64) -> Vec<u64> {
+    store
+        .records()
+        .filter_map(Result::ok)
+        .filter(|r| r.state == state && r.last_attempt_at_ms.unwrap_or(r.accepted_at_ms) <= cutoff_ms)
+        .map(|r| r.seq)
+        .collect()
+}
+
+fn status(store: &Store, now: u64) -> Result<StatusReport, StoreError> {
+    let mut total = Counts::default();
+    let mut per_key: std::collections::BTreeMap<String, Counts> = Default::default();
+    let mut oldest: Option<u64> = None;
+    for record in store.records() {
+        let record = record?;
+        let c = per_key.entry(record.event.routing_key().redacted()).or_default();
+        for counts in [&mut total, c] {
+            match list_state(&record, now) {
+                ListState::Pending => counts.pending += 1,
+                ListState::Waiting => counts.waiting += 1,
+                ListState::Failed => counts.failed += 1,
+                ListState::Delivered => counts.delivered += 1,
+            }
+        }
+        if record.state == State::Pending {
+            oldest = Some(oldest.map_or(record.accepted_at_ms, |o| o.min(record.accepted_at_ms)));
+        }
+    }
+    let paused = store
+        .pauses()?
+        .into_iter()
+        .filter(|(_, until)| *until > now)
+        .map(|(k, until)| (format!("{}…", &k[..6.min(k.len())]), rfc3339(until)))
+        .collect();
+    let (success, error) = store.last_events()?;
+    Ok(StatusReport {
+        total,
+        routing_keys: per_key.into_iter().collect(),
+        oldest_pending_age_s: oldest.map(|o| now.saturating_sub(o) / 1000),
+        paused,
+        last_success: success.map(|(at, id)| (rfc3339(at), id)),
+        last_error: error.map(|(at, text)| (rfc3339(at), text)),
+    })
+}
+
+/// Applies `[retention]` once: removes delivered and failed records past their keep time, and
+/// moves pending events past `max_pending_age` (when set) to failed with the reason "expired".
+/// Returns (removed, expired).
+pub async fn sweep(store: &Store, retention: &RetentionSection) -> Result<(usize, usize), StoreError> {
+    let now = now_ms();
+    let s = store.clone();
+    let r = retention.clone();
+    let (remove, expire) = tokio::task::spawn_blocking(move || {
+        let mut remove = finished_before(&s, State::Delivered, now.saturating_sub(r.delivered.as_millis() as u64));
+        remove.extend(finished_before(&s, State::Failed, now.saturating_sub(r.failed.as_millis() as u64)));
+        let expire: Vec<u64> = if r.max_pending_age.is_zero() {
+            Vec::new()
+        } else {
+            let cutoff = now.saturating_sub(r.max_pending_age.as_millis() as u64);
+            s.records()
+                .filter_map(Result::ok)
+                .filter(|x| x.state == State::Pending && x.accepted_at_ms <= cutoff)
+                .map(|x| x.seq)
+                .collect()
+        };
+        (remove, expire)
+    })
+    .await
+    .map_err(|e| StoreError::Io(e.to_string()))?;
+    let removed = if remove.is_empty() { 0 } else { store.remove_finished(remove).await? };
+    let expired = if expire.is_empty() { 0 } else { store.expire(expire).await? };
+    Ok((removed, expired))
+}
+
+/// Runs [`sweep`] at start and every `sweep_interval` until shutdown.
+pub async fn run_retention(store: Store, retention: RetentionSection, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(retention.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        match sweep(&store, &retention).await {
+            Ok((removed, expired)) => {
+                if expired > 0 {
+                    error!(expired, max_pending_age = ?retention.max_pending_age, "events expired undelivered; see `pdrelay queue list --state failed`");
+                }
+                if removed > 0 {
+                    info!(removed, "old delivered and failed records removed");
+                }
+            }
+            Err(e) => warn!(error = %e, "retention sweep failed; will try again"),
+        }
+    }
+}
+
+/// Serves the admin socket until shutdown, then removes it.
+pub async fn serve(listener: UnixListener, path: PathBuf, store: Store, mut shutdown: Shutdown) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let uid = stream.peer_cred().map(|c| c.uid()).ok();
+            debug!(?uid, "admin connection");
+            let (read, mut write) = stream.into_split();
+            let reply = if uid != Some(0) && uid != Some(own_uid) {
+                warn!(?uid, "admin request refused: not root or the daemon's user");
+                AdminReply {
+                    ok: false,
+                    answer: None,
+                    error: Some(format!(
+                        "permission denied: queue administration is for root and the daemon's user (uid {own_uid})"
+                    )),
+                }
+            } else {
+                let mut line = String::new();
+                let mut limited = AsyncBufReader::new(read.take(MAX_REQUEST_BYTES));
+                let read = limited.read_line(&mut line);
+                match tokio::time::timeout(Duration::from_secs(10), read).await {
+                    Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
+                        Ok(request) => match execute(&store, request).await {
+                            Ok(answer) => AdminReply { ok: true, answer: Some(answer), error: None },
+                            Err(e) => AdminReply { ok: false, answer: None, error: Some(e.to_string()) },
+                        },
+                        Err(e) => AdminReply { ok: false, answer: None, error: Some(format!("request: {e}")) },
+                    },
+                    _ => AdminReply {
+                        ok: false,
+                        answer: None,
+                        error: Some("request: no complete line within 10s".into()),
+                    },
+                }
+            };
+            let mut bytes = serde_json::to_vec(&reply).expect("admin replies serialize");
+            bytes.push(b'\n');
+            let _ = write.write_all(&bytes).await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Carries out `request` for the CLI: through the running daemon's admin socket, or on the
+/// store directly when no daemon runs.
+pub fn call(config: &Config, request: AdminRequest) -> Result<AdminAnswer, AdminError> {
+    let socket = &config.file.ingest.admin_socket;
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => via_socket(stream, &request),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(AdminError::Denied(format!(
+            "permission denied on {}: queue commands are for root and the pdrelay daemon's user",
+            socket.display()
+        ))),
+        Err(_) => direct(&config.queue_path(), socket, request),
+    }
+}
+
+fn via_socket(stream: std::os::unix::net::UnixStream, request: &AdminRequest) -> Result<AdminAnswer, AdminError> {
+    let io = |e: std::io::Error| AdminError::Failed(format!("admin socket: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(io)?;
+    let mut writer = stream.try_clone().map_err(io)?;
+    let mut line = serde_json::to_vec(request).expect("admin requests serialize");
+    line.push(b'\n');
+    writer.write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(io)?;
+    let reply: AdminReply =
+        serde_json::from_str(&reply).map_err(|e| AdminError::Failed(format!("admin socket: unreadable reply: {e}")))?;
+    match (reply.ok, reply.answer, reply.error) {
+        (true, Some(answer), _) => Ok(answer),
+        (_, _, Some(error)) if error.starts_with("permission denied") => Err(AdminError::Denied(error)),
+        (_, _, Some(error)) if error.starts_with("id: ") => Err(AdminError::Invalid(error)),
+        (_, _, error) => Err(AdminError::Failed(error.unwrap_or_else(|| "admin socket: empty reply".into()))),
+    }
+}
+
+fn direct(queue: &Path, socket: &Path, request: AdminRequest) -> Result<AdminAnswer, AdminError> {
+    let store = Store::open(queue).map_err(|e| match e {
+        StoreError::Locked { .. } => AdminError::Failed(format!(
+            "a running daemon holds the queue at {} but its admin socket {} does not answer",
+            queue.display(),
+            socket.display()
+        )),
+        other => AdminError::Failed(other.to_string()),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AdminError::Failed(e.to_string()))?;
+    let result = runtime.block_on(execute(&store, request));
+    store.close();
+    result
+}
+
+/// Renders an answer as the human tables the CLI prints.
+pub fn render(answer: &AdminAnswer) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match answer {
+        AdminAnswer::Status(s) => {
+            let t = &s.total;
+            let _ = writeln!(
+                out,
+                "pending    {}\nwaiting    {}\nfailed     {}\ndelivered  {}",
+                t.pending, t.waiting, t.failed, t.delivered
+            );
+            let age = s.oldest_pending_age_s.map(|a| humantime::format_duration(Duration::from_secs(a)).to_string());
+            let _ = writeln!(out, "oldest pending  {}", age.as_deref().unwrap_or("-"));
+            let _ = writeln!(
+                out,
+                "last success    {}",
+                s.last_success.as_ref().map(|(at, id)| format!("{at} ({id})")).as_deref().unwrap_or("-")
+            );
+            let _ = writeln!(
+                out,
+                "last error      {}",
+                s.last_error.as_ref().map(|(at, e)| format!("{at} {e}")).as_deref().unwrap_or("-")
+            );
+            if !s.routing_keys.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n{:<10} {:>9} {:>9} {:>9} {:>9}",
+                    "ROUTING", "PENDING", "WAITING", "FAILED", "DELIVERED"
+                );
+                for (key, c) in &s.routing_keys {
+                    let _ = writeln!(
+                        out,
+                        "{:<10} {:>9} {:>9} {:>9} {:>9}",
+                        key, c.pending, c.waiting, c.failed, c.delivered
+                    );
+                }
+            }
+            if !s.paused.is_empty() {
+                let _ = writeln!(out, "\nPAUSED     UNTIL");
+                for (key, until) in &s.paused {
+                    let _ = writeln!(out, "{key:<10} {until}");
+                }
+            }
+        }
+        AdminAnswer::List(rows) => {
+            let _ = writeln!(
+                out,
+                "{:<36} {:<9} {:<6} {:<8} {:<11} {:>3} {:<24} SUMMARY",
+                "ID", "STATE", "API", "ROUTING", "ACTION", "TRY", "DEDUP KEY"
+            );
+            for r in rows {
+                let state =
+                    serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let dedup: String = r.dedup_key.as_deref().unwrap_or("-").chars().take(24).collect();
+                let _ = writeln!(
+                    out,
+                    "{:<36} {:<9} {:<6} {:<8} {:<11} {:>3} {:<24} {}",
+                    r.id,
+                    state,
+                    r.kind,
+                    r.routing_key,
+                    r.action.as_deref().unwrap_or("change"),
+                    r.attempts,
+                    dedup,
+                    r.summary.as_deref().unwrap_or("")
+                );
+            }
+        }
+        AdminAnswer::Show(record) => {
+            let _ = writeln!(out, "id           {}", record.id);
+            let _ = writeln!(out, "state        {}", record.state.as_str());
+            let _ = writeln!(out, "api          {}", record.event.kind().as_str());
+            let _ = writeln!(out, "routing key  {}", record.event.routing_key().redacted());
+            let _ = writeln!(out, "dedup key    {}", record.event.dedup_key().unwrap_or("-"));
+            let _ = writeln!(out, "accepted     {} (via {})", rfc3339(record.accepted_at_ms), record.intake);
+            let _ = writeln!(out, "attempts     {}", record.attempts);
+            if let Some(at) = record.last_attempt_at_ms {
+                let _ = writeln!(out, "last attempt {}", rfc3339(at));
+            }
+            if let Some(at) = record.next_attempt_at_ms {
+                let _ = writeln!(out, "next attempt {}", rfc3339(at));
+            }
+            if let Some(status) = record.last_status {
+                let _ = writeln!(out, "last status  {status}");
+            }
+            if let Some(e) = &record.last_error {
+                let _ = writeln!(out, "last error   {e}");
+            }
+            for e in &record.errors {
+                let _ = writeln!(out, "error        {e}");
+            }
+            let body: serde_json::Value = serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "event        {}",
+                serde_json::to_string_pretty(&body).unwrap_or_default().replace('\n', "\n             ")
+            );
+        }
+        AdminAnswer::Changed(n) => {
+            let _ = writeln!(out, "{n} event(s) changed");
+        }
+    }
+    out
+}
