@@ -86,6 +86,8 @@ pub enum AdminRequest {
         /// Which.
         target: RetryTarget,
     },
+    /// Open alerts (dedup-key tracking).
+    Alerts,
     /// Remove finished records.
     Purge {
         /// Failed or delivered.
@@ -166,6 +168,23 @@ pub enum AdminAnswer {
     Show(Box<Record>),
     /// For `retry` and `purge`: records changed.
     Changed(usize),
+    /// For `alerts`: the open alerts.
+    Alerts(Vec<OpenAlert>),
+}
+
+/// One open alert, as `pdrelay alerts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAlert {
+    /// Routing key, redacted.
+    pub routing_key: String,
+    /// Dedup key.
+    pub dedup_key: String,
+    /// trigger or acknowledge.
+    pub last_action: String,
+    /// When that was delivered (RFC 3339).
+    pub at: String,
+    /// Last summary.
+    pub summary: Option<String>,
 }
 
 /// The reply line on the admin socket.
@@ -265,6 +284,21 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
                 }
             }
             Ok(AdminAnswer::List(out))
+        }
+        AdminRequest::Alerts => {
+            let alerts = store
+                .alerts()?
+                .into_iter()
+                .filter(|a| a.is_open())
+                .map(|a| OpenAlert {
+                    routing_key: format!("{}…", &a.routing_key[..6.min(a.routing_key.len())]),
+                    dedup_key: a.dedup_key,
+                    last_action: a.last_action.as_str().to_owned(),
+                    at: rfc3339(a.at_ms),
+                    summary: a.summary,
+                })
+                .collect();
+            Ok(AdminAnswer::Alerts(alerts))
         }
         AdminRequest::Show { id } => match store.get_by_id(&id)? {
             Some(record) => Ok(AdminAnswer::Show(Box::new(record))),
@@ -377,6 +411,7 @@ pub async fn sweep(store: &Store, retention: &RetentionSection) -> Result<(usize
     .await
     .map_err(|e| StoreError::Io(e.to_string()))?;
     let removed = if remove.is_empty() { 0 } else { store.remove_finished(remove).await? };
+    store.forget_resolved(now.saturating_sub(retention.delivered.as_millis() as u64)).await?;
     let expired = if expire.is_empty() { 0 } else { store.expire(expire).await? };
     Ok((removed, expired))
 }
@@ -613,6 +648,21 @@ pub fn render(answer: &AdminAnswer) -> String {
         }
         AdminAnswer::Changed(n) => {
             let _ = writeln!(out, "{n} event(s) changed");
+        }
+        AdminAnswer::Alerts(alerts) => {
+            let _ = writeln!(out, "{:<8} {:<11} {:<20} {:<50} SUMMARY", "ROUTING", "STATE", "SINCE", "DEDUP KEY");
+            for a in alerts {
+                let state = if a.last_action == "trigger" { "triggered" } else { "acknowledged" };
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<11} {:<20} {:<50} {}",
+                    a.routing_key,
+                    state,
+                    a.at,
+                    a.dedup_key,
+                    a.summary.as_deref().unwrap_or("")
+                );
+            }
         }
     }
     out

@@ -25,6 +25,14 @@ pub enum Command {
     Daemon,
     /// Enqueue one event; accepts pd-send's flags. Prints the event id and dedup key.
     Send(Box<SendArgs>),
+    /// A Nagios/Icinga notification command; accepts pd-nagios's flags.
+    Nagios(NagiosArgs),
+    /// Alerts this host has open in PagerDuty (triggered or acknowledged, not resolved).
+    Alerts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file: exit 0, or print every problem and exit 2.
     CheckConfig,
     /// Inspect and repair the queue (daemon running or stopped; root or the daemon's user).
@@ -160,4 +168,28 @@ pub struct SendArgs {
     /// Send a change event (v2) instead of an alert.
     #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class", "images"])]
     pub change: bool,
+}
+
+/// `pdrelay nagios`: pd-nagios's flags.
+#[derive(Debug, Clone, Args)]
+pub struct NagiosArgs {
+    /// Routing (integration) key [default: pagerduty.default_routing_key].
+    #[arg(short = 'k', long = "service-key", visible_alias = "routing-key", value_name = "KEY")]
+    pub routing_key: Option<String>,
+    /// $NOTIFICATIONTYPE$: PROBLEM, ACKNOWLEDGEMENT, RECOVERY, FLAPPINGSTART, ...
+    #[arg(short = 't', long = "notification-type", value_name = "NOTIFICATIONTYPE")]
+    pub notification_type: String,
+    /// What the notification is about.
+    #[arg(short = 'n', long = "notification-object", value_enum, value_name = "host|service")]
+    pub object: crate::intake::nagios::NagiosObject,
+    /// Dedup (incident) key to use instead of pd-nagios's.
+    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
+    pub dedup_key: Option<String>,
+    /// A macro, MACRO=VALUE (e.g. -f HOSTNAME=$HOSTNAME$); repeatable. With none, the NAGIOS_*
+    /// and ICINGA_* environment macros are read.
+    #[arg(short = 'f', long = "field", value_name = "MACRO=VALUE")]
+    pub fields: Vec<String>,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{local_hostname, IntakeDefaults, RoutingKey, Severity};
+use crate::intake::nagios::{NagiosSettings, TypeAction};
 
 /// Where the config is read from when neither `--config` nor `PDRELAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pdrelay/config.toml";
@@ -35,6 +36,20 @@ pub struct ConfigFile {
     pub mapping: MappingSection,
     /// How long finished records are kept.
     pub retention: RetentionSection,
+    /// Nagios and Icinga notifications.
+    pub nagios: NagiosSection,
+}
+
+/// `[nagios]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NagiosSection {
+    /// Notification type -> trigger, acknowledge, resolve or ignore; merged over the defaults.
+    pub notification_types: std::collections::BTreeMap<String, String>,
+    /// State -> severity; merged over the defaults.
+    pub severity: std::collections::BTreeMap<String, String>,
+    /// Resolve on FLAPPINGSTOP/FLAPPINGEND when the state is OK or UP.
+    pub resolve_on_flapping_stop: bool,
 }
 
 /// `[retention]`
@@ -142,6 +157,10 @@ pub struct MappingSection {
     pub default_source: String,
     /// Severity for a trigger without one, or with a word that maps to none.
     pub default_severity: String,
+    /// Drop a trigger that repeats an open alert (same routing key, dedup key and summary) last
+    /// delivered less than this long ago; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub drop_repeated_triggers: Duration,
 }
 
 impl Default for ConfigFile {
@@ -155,6 +174,7 @@ impl Default for ConfigFile {
             retry: RetrySection::default(),
             mapping: MappingSection::default(),
             retention: RetentionSection::default(),
+            nagios: NagiosSection::default(),
         }
     }
 }
@@ -203,7 +223,11 @@ impl Default for RetrySection {
 
 impl Default for MappingSection {
     fn default() -> Self {
-        MappingSection { default_source: String::new(), default_severity: "error".to_owned() }
+        MappingSection {
+            default_source: String::new(),
+            default_severity: "error".to_owned(),
+            drop_repeated_triggers: Duration::ZERO,
+        }
     }
 }
 
@@ -247,6 +271,8 @@ pub struct Config {
     pub defaults: IntakeDefaults,
     /// Group id for the socket file, if one is configured.
     pub socket_gid: Option<u32>,
+    /// The Nagios mapping tables, merged over the defaults.
+    pub nagios: NagiosSettings,
 }
 
 impl Config {
@@ -313,6 +339,30 @@ impl Config {
                 }
             },
         };
+        let mut nagios = NagiosSettings {
+            resolve_on_flapping_stop: file.nagios.resolve_on_flapping_stop,
+            ..NagiosSettings::default()
+        };
+        for (ntype, action) in &file.nagios.notification_types {
+            match TypeAction::parse(action) {
+                Some(a) => {
+                    nagios.notification_types.insert(ntype.to_ascii_uppercase(), a);
+                }
+                None => problems.push(format!(
+                    "nagios.notification_types.{ntype}: must be trigger, acknowledge, resolve or ignore (got {action:?})"
+                )),
+            }
+        }
+        for (state, severity) in &file.nagios.severity {
+            match Severity::exact(severity) {
+                Some(sev) => {
+                    nagios.severity.insert(state.to_ascii_uppercase(), sev);
+                }
+                None => problems.push(format!(
+                    "nagios.severity.{state}: must be critical, error, warning or info (got {severity:?})"
+                )),
+            }
+        }
         if file.retention.sweep_interval < Duration::from_millis(100) {
             problems.push("retention.sweep_interval: must be at least 100ms".to_owned());
         }
@@ -382,6 +432,7 @@ impl Config {
             events_url,
             file,
             socket_gid,
+            nagios,
         })
     }
 
@@ -441,12 +492,26 @@ mod tests {
                 "retry",
                 vec!["initial_interval", "max_interval", "multiplier", "randomization_factor", "max_retry_after"],
             ),
-            ("mapping", vec!["default_source", "default_severity"]),
+            ("mapping", vec!["default_source", "default_severity", "drop_repeated_triggers"]),
         ] {
             for key in keys {
                 assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");
             }
         }
+    }
+
+    #[test]
+    fn nagios_tables_merge_over_the_defaults() {
+        let c = Config::from_toml(
+            "[nagios.notification_types]\nflappingstart = \"trigger\"\n[nagios.severity]\nWARNING = \"critical\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.nagios.notification_types["FLAPPINGSTART"], TypeAction::Send(crate::event::EventAction::Trigger));
+        assert_eq!(c.nagios.notification_types["PROBLEM"], TypeAction::Send(crate::event::EventAction::Trigger));
+        assert_eq!(c.nagios.severity["WARNING"], Severity::Critical);
+        assert_eq!(c.nagios.severity["UNKNOWN"], Severity::Error);
+        let err = Config::from_toml("[nagios.notification_types]\nPROBLEM = \"page\"\n").unwrap_err().to_string();
+        assert!(err.contains("nagios.notification_types.PROBLEM"), "{err}");
     }
 
     #[test]

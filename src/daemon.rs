@@ -41,6 +41,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>, ready: impl FnO
     let store = tokio::task::spawn_blocking(move || Store::open(&queue_path))
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
+    store.set_repeat_trigger_window(config.file.mapping.drop_repeated_triggers);
     let result = serve(&config, store.clone(), stop, ready).await;
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");
@@ -67,6 +68,7 @@ async fn serve(
             rescan_interval: file.ingest.rescan_interval,
             max_file_bytes: file.ingest.max_file_bytes,
             defaults: config.defaults.clone(),
+            nagios: config.nagios.clone(),
         },
         store.clone(),
         shutdown.clone(),

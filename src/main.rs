@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pdrelay::admin::{self, AdminError, AdminRequest, RetryTarget};
-use pdrelay::cli::{Cli, Command, QueueCommand};
+use pdrelay::cli::{Cli, Command, NagiosArgs, QueueCommand};
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
+use pdrelay::intake::nagios;
 use pdrelay::send::{self, Handed, SendError};
 
 fn main() -> ExitCode {
@@ -27,26 +28,10 @@ fn main() -> ExitCode {
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
-        Command::Send(args) => match send::send(&args, &config) {
-            Ok(sent) => {
-                if !args.quiet {
-                    println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""));
-                    if let Handed::Spool(p) = &sent.handed {
-                        eprintln!("pdrelay: daemon not reachable; queued as {}", p.display());
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e @ SendError::Invalid(_)) => {
-                eprintln!("pdrelay send: {e}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("pdrelay send: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Send(args) => report_sent(send::send(&args, &config), args.quiet, "pdrelay send"),
         Command::Daemon => run_daemon(config),
+        Command::Nagios(args) => run_nagios(&config, &args),
+        Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts"),
         Command::Queue { json, command } => run_queue(&config, command, json),
     }
 }
@@ -67,6 +52,10 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
             AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) }
         }
     };
+    run_admin(config, request, json, "pdrelay queue")
+}
+
+fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str) -> ExitCode {
     match admin::call(config, request) {
         Ok(answer) => {
             if json {
@@ -77,8 +66,58 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("pdrelay queue: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+fn run_nagios(config: &Config, args: &NagiosArgs) -> ExitCode {
+    let macros = if args.fields.is_empty() {
+        Ok(nagios::macros_from_env(std::env::vars()))
+    } else {
+        nagios::macros_from_fields(&args.fields)
+    };
+    let notification = macros.map(|macros| nagios::Notification {
+        routing_key: args.routing_key.clone(),
+        notification_type: args.notification_type.clone(),
+        object: Some(args.object),
+        dedup_key: args.dedup_key.clone(),
+        macros,
+    });
+    let mapped = notification.and_then(|n| nagios::map(&n, &config.nagios, &config.defaults));
+    let event = match mapped {
+        Ok(nagios::Mapped::Event(event)) => event,
+        Ok(nagios::Mapped::Ignored(message)) => {
+            println!("pdrelay nagios: {message}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("pdrelay nagios: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    report_sent(send::hand_over(&event, config), args.quiet, "pdrelay nagios")
+}
+
+fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str) -> ExitCode {
+    match result {
+        Ok(sent) => {
+            if !quiet {
+                println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""));
+                if let Handed::Spool(p) = &sent.handed {
+                    eprintln!("{what}: daemon not reachable; queued as {}", p.display());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ SendError::Invalid(_)) => {
+            eprintln!("{what}: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::from(1)
         }
     }
 }

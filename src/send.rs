@@ -178,6 +178,12 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
 /// Builds, validates and hands over the event.
 pub fn send(args: &SendArgs, config: &Config) -> Result<Sent, SendError> {
     let event = Event::from_value(event_json(args)?, &config.defaults)?;
+    hand_over(&event, config)
+}
+
+/// Hands a validated event to the daemon's socket when it answers, else writes a durable
+/// drop-file into the first spool directory. Used by `send` and `nagios`.
+pub fn hand_over(event: &Event, config: &Config) -> Result<Sent, SendError> {
     let line = event.request_body();
     match via_socket(&config.file.ingest.socket, &line) {
         Ok(reply) if reply.ok => {

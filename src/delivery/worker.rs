@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::retry::{classify, retry_delay, Decision};
 use crate::config::RetrySection;
+use crate::event::EventAction;
 use crate::pagerduty::client::{Attempt, EventsClient};
 use crate::queue::record::{Record, State};
 use crate::queue::store::{now_ms, Outcome, PendingEntry, Store, StoreError};
@@ -299,6 +300,13 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
         Attempt::Transport { .. } => None,
     };
     let rk = record.event.routing_key().redacted();
+    if let (Some(action @ (EventAction::Acknowledge | EventAction::Resolve)), Some(dedup)) =
+        (record.event.action(), record.event.dedup_key())
+    {
+        if matches!(store.alert(record.event.routing_key().as_str(), dedup), Ok(None)) && record.attempts == 0 {
+            info!(id = %record.id, routing_key = %rk, dedup_key = dedup, %action, "no trigger known for this dedup key; sending anyway (PagerDuty may know it)");
+        }
+    }
     let (outcome, done) = match decision {
         Decision::Delivered => {
             debug!(id = %record.id, seq = record.seq, routing_key = %rk, status, "delivered");

@@ -4,6 +4,7 @@
 //!
 //! Owns: the spool directories ([`spool`]) and the Unix socket ([`socket`]).
 
+pub mod nagios;
 pub mod socket;
 pub mod spool;
 

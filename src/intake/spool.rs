@@ -20,6 +20,7 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::nagios::{map, parse_pl_spool_file, Mapped, NagiosSettings};
 use super::Shutdown;
 use crate::event::{Event, IntakeDefaults};
 use crate::queue::store::{NewEvent, Store};
@@ -40,11 +41,24 @@ pub struct SpoolSettings {
     pub max_file_bytes: u64,
     /// Defaults filled in at intake.
     pub defaults: IntakeDefaults,
+    /// Mapping of pagerduty_nagios.pl files.
+    pub nagios: NagiosSettings,
 }
 
-/// Whether a directory entry named `name` is a spool file to read.
+/// Whether a directory entry named `name` is a spool file to read: `*.json`, `*.ndjson`, or a
+/// pagerduty_nagios.pl file `pd_*.txt`; never a name starting with `.` or ending in `.tmp`.
 pub fn is_spool_file(name: &str) -> bool {
-    !name.starts_with('.') && !name.ends_with(".tmp") && (name.ends_with(".json") || name.ends_with(".ndjson"))
+    !name.starts_with('.')
+        && !name.ends_with(".tmp")
+        && (name.ends_with(".json") || name.ends_with(".ndjson") || is_pl_file(name))
+}
+
+/// pagerduty_nagios.pl writes `pd_*.txt` in place rather than renaming, so such a file is read
+/// only once it has not changed for this long.
+pub const PL_FILE_QUIET: Duration = Duration::from_secs(2);
+
+fn is_pl_file(name: &str) -> bool {
+    name.starts_with("pd_") && name.ends_with(".txt")
 }
 
 /// One file read from a spool directory.
@@ -54,7 +68,23 @@ struct SpoolFile {
 }
 
 /// Parses a spool file's bytes into events; the error is the one-line reason for `rejected/`.
-pub fn parse_spool_file(name: &str, bytes: &[u8], defaults: &IntakeDefaults) -> Result<Vec<NewEvent>, String> {
+/// An empty list means the file needs nothing sent (an ignored Nagios notification type).
+pub fn parse_spool_file(
+    name: &str,
+    bytes: &[u8],
+    defaults: &IntakeDefaults,
+    nagios: &NagiosSettings,
+) -> Result<Vec<NewEvent>, String> {
+    if is_pl_file(name) {
+        let notification = parse_pl_spool_file(bytes)?;
+        return match map(&notification, nagios, defaults).map_err(|e| e.to_string())? {
+            Mapped::Event(event) => Ok(vec![NewEvent { id: None, intake: "spool", event }]),
+            Mapped::Ignored(message) => {
+                info!(file = name, %message, "pagerduty_nagios.pl file needs nothing sent; removing it");
+                Ok(Vec::new())
+            }
+        };
+    }
     if name.ends_with(".ndjson") {
         let mut events = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -136,6 +166,7 @@ async fn drain_once(settings: &SpoolSettings, store: &Store, stuck: &mut HashSet
     let mut to_delete = Vec::new();
     for file in files {
         match file.parsed {
+            Ok(evs) if evs.is_empty() => remove_handled(&file.path, stuck),
             Ok(mut evs) => {
                 events.append(&mut evs);
                 to_delete.push(file.path);
@@ -150,12 +181,7 @@ async fn drain_once(settings: &SpoolSettings, store: &Store, stuck: &mut HashSet
     match store.insert(events).await {
         Ok(_) => {
             for path in to_delete {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        error!(file = %path.display(), error = %e, "stored a spool file's events but cannot delete it; skipping it until restart");
-                        stuck.insert(path);
-                    }
-                }
+                remove_handled(&path, stuck);
             }
             debug!(events = count, "spool events stored");
             full
@@ -163,6 +189,17 @@ async fn drain_once(settings: &SpoolSettings, store: &Store, stuck: &mut HashSet
         Err(e) => {
             warn!(error = %e, "cannot store spool events; the files stay and are read again");
             false
+        }
+    }
+}
+
+/// Deletes a file whose events are stored (or that needed nothing sent). If it cannot be
+/// deleted, it is skipped until restart rather than stored again at every scan.
+fn remove_handled(path: &Path, stuck: &mut HashSet<PathBuf>) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            error!(file = %path.display(), error = %e, "handled a spool file but cannot delete it; skipping it until restart");
+            stuck.insert(path.to_owned());
         }
     }
 }
@@ -204,7 +241,7 @@ fn read_batch(settings: &SpoolSettings, skip: &HashSet<PathBuf>) -> Vec<SpoolFil
     out
 }
 
-/// Reads one file. `Ok(None)`: it vanished. `Err`: a transient I/O error (left in place).
+/// Reads one file. `Ok(None)`: it vanished, or is not ready yet. `Err`: a transient I/O error (left in place).
 fn read_file(
     path: &Path,
     name: &str,
@@ -215,6 +252,9 @@ fn read_file(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if is_pl_file(name) && meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age < PL_FILE_QUIET) {
+        return Ok(None);
+    }
     if meta.len() > settings.max_file_bytes {
         return Ok(Some(Err(format!(
             "file is {} bytes, more than ingest.max_file_bytes ({})",
@@ -230,7 +270,7 @@ fn read_file(
         }
         Err(e) => return Err(e),
     };
-    Ok(Some(parse_spool_file(name, &bytes, &settings.defaults)))
+    Ok(Some(parse_spool_file(name, &bytes, &settings.defaults, &settings.nagios)))
 }
 
 /// Moves a file whole to `rejected/` with a `.reason` sidecar; never deletes it.
@@ -279,6 +319,9 @@ mod tests {
             ("a.tmp", false),
             ("notes.txt", false),
             ("a.json.reason", false),
+            ("pd_1234_567.txt", true),
+            ("pd_1234.txt.tmp", false),
+            ("other.txt", false),
         ] {
             assert_eq!(is_spool_file(name), read, "{name}");
         }
@@ -287,18 +330,19 @@ mod tests {
     #[test]
     fn files_are_all_or_nothing() {
         let d = IntakeDefaults::default();
+        let n = NagiosSettings::default();
         let key = "r".repeat(32);
         let good = format!(r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s"}}}}"#);
         let two = format!("{good}\n\n{good}\n");
-        assert_eq!(parse_spool_file("x.ndjson", two.as_bytes(), &d).unwrap().len(), 2);
+        assert_eq!(parse_spool_file("x.ndjson", two.as_bytes(), &d, &n).unwrap().len(), 2);
         let bad = format!("{good}\n{{\"event_action\":1}}\n");
-        assert!(parse_spool_file("x.ndjson", bad.as_bytes(), &d).unwrap_err().starts_with("line 2: "));
-        assert_eq!(parse_spool_file("x.json", b"", &d).unwrap_err(), "file is empty");
-        assert!(parse_spool_file("x.ndjson", b"\n\n", &d).is_err());
-        assert!(parse_spool_file("x.json", &[0xff, 0xfe], &d).is_err());
+        assert!(parse_spool_file("x.ndjson", bad.as_bytes(), &d, &n).unwrap_err().starts_with("line 2: "));
+        assert_eq!(parse_spool_file("x.json", b"", &d, &n).unwrap_err(), "file is empty");
+        assert!(parse_spool_file("x.ndjson", b"\n\n", &d, &n).is_err());
+        assert!(parse_spool_file("x.json", &[0xff, 0xfe], &d, &n).is_err());
         let id = "0191e7a2-7c5e-7a41-9a0e-5f2d2b0c1d2e";
-        let evs = parse_spool_file(&format!("{id}.json"), good.as_bytes(), &d).unwrap();
+        let evs = parse_spool_file(&format!("{id}.json"), good.as_bytes(), &d, &n).unwrap();
         assert_eq!(evs[0].id.as_deref(), Some(id));
-        assert_eq!(parse_spool_file("alert.json", good.as_bytes(), &d).unwrap()[0].id, None);
+        assert_eq!(parse_spool_file("alert.json", good.as_bytes(), &d, &n).unwrap()[0].id, None);
     }
 }

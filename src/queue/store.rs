@@ -10,6 +10,8 @@
 //! | `i` id | seq(u64): the id index |
 //! | `p` seq(u64) | [`PendingEntry`]: routing key and dedup key of each pending event |
 //! | `k` routing key | pause-until, ms since the epoch (u64): 429 / v1 403 pauses |
+//! | `a` routing key, 0, dedup key | [`AlertState`], JSON: dedup-key tracking |
+//! | `m` name | last success, last error |
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -17,12 +19,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::record::{Record, State};
-use crate::event::{Event, RoutingKey};
+use crate::event::{Event, EventAction, RoutingKey};
 
 /// Most requests folded into one group commit.
 const MAX_GROUP: usize = 8192;
@@ -66,6 +68,40 @@ impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         StoreError::Io(e.to_string())
     }
+}
+
+/// What this host last told PagerDuty about one dedup key (dedup-key tracking).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlertState {
+    /// Routing key, in full (show it redacted).
+    pub routing_key: String,
+    /// Dedup key.
+    pub dedup_key: String,
+    /// The last action delivered: trigger, acknowledge or resolve.
+    pub last_action: EventAction,
+    /// When it was delivered, ms since the epoch.
+    pub at_ms: u64,
+    /// The summary of the last event that had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Id of the last event delivered for this key.
+    pub event_id: String,
+}
+
+impl AlertState {
+    /// Triggered or acknowledged, not resolved.
+    pub fn is_open(&self) -> bool {
+        self.last_action != EventAction::Resolve
+    }
+}
+
+fn alert_key(routing_key: &str, dedup_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
+    k.push(b'a');
+    k.extend_from_slice(routing_key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(dedup_key.as_bytes());
+    k
 }
 
 /// A moment and what happened then: (ms since the epoch, text).
@@ -147,6 +183,8 @@ enum Op {
     Expire(Vec<u64>),
     /// Delivered or failed records removed for good (pending ones are never removed).
     Remove(Vec<u64>),
+    /// Dedup-key tracking of resolved alerts older than this (ms since the epoch) removed.
+    ForgetResolved(u64),
 }
 
 /// A submitted insert; [`InsertTicket::wait`] completes once it is durable (or failed).
@@ -197,6 +235,8 @@ struct Inner {
     /// Events put back to pending by `queue retry`, for the dispatcher (their sequence numbers
     /// are behind its scan position).
     requeued: Mutex<Vec<PendingEntry>>,
+    /// `mapping.drop_repeated_triggers` in ms; 0 = off.
+    repeat_window_ms: AtomicU64,
 }
 
 impl Inner {
@@ -293,6 +333,7 @@ impl Store {
             queued: Notify::new(),
             syncs: AtomicU64::new(0),
             requeued: Mutex::new(Vec::new()),
+            repeat_window_ms: AtomicU64::new(0),
         });
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
@@ -362,6 +403,35 @@ impl Store {
             Reply::Changed(n) => Ok(n),
             _ => Err(StoreError::Corrupt("unexpected reply from the committer".into())),
         }
+    }
+
+    /// Drops a trigger, at insert, that repeats an open alert (same routing key, dedup key and
+    /// summary) last delivered less than `window` ago; the producer gets that alert's event id.
+    /// Zero turns it off (the default).
+    pub fn set_repeat_trigger_window(&self, window: Duration) {
+        self.inner.repeat_window_ms.store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Dedup-key tracking of one key.
+    pub fn alert(&self, routing_key: &str, dedup_key: &str) -> Result<Option<AlertState>, StoreError> {
+        Ok(self.inner.tree.get(alert_key(routing_key, dedup_key))?.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every tracked dedup key (open and resolved), in key order.
+    pub fn alerts(&self) -> Result<Vec<AlertState>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'a']) {
+            let (_, v) = item?;
+            if let Ok(state) = serde_json::from_slice(&v) {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets resolved alerts whose resolve was delivered before `before_ms`.
+    pub async fn forget_resolved(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.changed(Op::ForgetResolved(before_ms)).await
     }
 
     /// Takes the events `queue retry` put back to pending since the last call.
@@ -473,15 +543,16 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
         let mut new_ids: HashMap<String, Accepted> = HashMap::new();
         let mut inserted_any = false;
         let mut requeued: Vec<PendingEntry> = Vec::new();
+        let mut alerts: HashMap<Vec<u8>, AlertState> = HashMap::new();
         let mut replies = Vec::with_capacity(group.len());
         for req in group {
             let result = match req.op {
                 Op::Insert(events) => {
                     inserted_any = true;
-                    prepare_insert(inner, events, &mut batch, &mut new_ids).map(Reply::Inserted)
+                    prepare_insert(inner, events, &mut batch, &mut new_ids, &alerts).map(Reply::Inserted)
                 }
                 Op::Outcome { seq, outcome } => {
-                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written).map(|_| Reply::Done)
+                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written, &mut alerts).map(|_| Reply::Done)
                 }
                 Op::Retry(seqs) => {
                     let changed = prepare_admin(inner, &seqs, AdminChange::Retry, &mut batch, &mut written);
@@ -494,6 +565,7 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
                     .map(|e| Reply::Changed(e.len())),
                 Op::Remove(seqs) => prepare_admin(inner, &seqs, AdminChange::Remove, &mut batch, &mut written)
                     .map(|e| Reply::Changed(e.len())),
+                Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
             };
             replies.push((req.reply, result));
         }
@@ -527,10 +599,18 @@ fn prepare_insert(
     events: Vec<NewEvent>,
     batch: &mut sled::Batch,
     new_ids: &mut HashMap<String, Accepted>,
+    alerts: &HashMap<Vec<u8>, AlertState>,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
+    let window = inner.repeat_window_ms.load(Ordering::Relaxed);
     let mut accepted = Vec::with_capacity(events.len());
     for new in events {
+        if window > 0 {
+            if let Some(open) = repeated_trigger(inner, &new.event, now, window, alerts)? {
+                accepted.push(Accepted { id: open.event_id, seq: 0, dedup_key: Some(open.dedup_key) });
+                continue;
+            }
+        }
         if let Some(id) = &new.id {
             if let Some(earlier) = new_ids.get(id) {
                 accepted.push(earlier.clone());
@@ -578,12 +658,46 @@ fn prepare_insert(
     Ok(accepted)
 }
 
+/// The open alert a trigger repeats (same routing key, dedup key and summary, last delivered
+/// within `window_ms`), if any.
+fn repeated_trigger(
+    inner: &Inner,
+    event: &Event,
+    now: u64,
+    window_ms: u64,
+    alerts: &HashMap<Vec<u8>, AlertState>,
+) -> Result<Option<AlertState>, StoreError> {
+    let (Some(EventAction::Trigger), Some(dedup)) = (event.action(), event.dedup_key()) else { return Ok(None) };
+    let k = alert_key(event.routing_key().as_str(), dedup);
+    let state = match alerts.get(&k) {
+        Some(s) => Some(s.clone()),
+        None => inner.tree.get(&k)?.and_then(|v| serde_json::from_slice::<AlertState>(&v).ok()),
+    };
+    Ok(state
+        .filter(|s| s.is_open() && now.saturating_sub(s.at_ms) < window_ms && s.summary.as_deref() == event.summary()))
+}
+
+fn forget_resolved(inner: &Inner, before_ms: u64, batch: &mut sled::Batch) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for item in inner.tree.scan_prefix([b'a']) {
+        let (k, v) = item?;
+        if let Ok(state) = serde_json::from_slice::<AlertState>(&v) {
+            if !state.is_open() && state.at_ms < before_ms {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 fn prepare_outcome(
     inner: &Inner,
     seq: u64,
     outcome: Outcome,
     batch: &mut sled::Batch,
     written: &mut HashMap<u64, Record>,
+    alerts: &mut HashMap<Vec<u8>, AlertState>,
 ) -> Result<(), StoreError> {
     let mut record = match written.remove(&seq) {
         Some(r) => r,
@@ -604,6 +718,23 @@ fn prepare_outcome(
         Outcome::Delivered { .. } => {
             let (k, v) = meta(b"last_success", record.id.clone());
             batch.insert(k, v);
+            if let (Some(action), Some(dedup)) = (record.event.action(), record.event.dedup_key()) {
+                let k = alert_key(record.event.routing_key().as_str(), dedup);
+                let earlier = match alerts.get(&k) {
+                    Some(s) => Some(s.clone()),
+                    None => inner.tree.get(&k)?.and_then(|v| serde_json::from_slice::<AlertState>(&v).ok()),
+                };
+                let state = AlertState {
+                    routing_key: record.event.routing_key().as_str().to_owned(),
+                    dedup_key: dedup.to_owned(),
+                    last_action: action,
+                    at_ms: now,
+                    summary: record.event.summary().map(str::to_owned).or(earlier.and_then(|e| e.summary)),
+                    event_id: record.id.clone(),
+                };
+                batch.insert(k.clone(), serde_json::to_vec(&state).expect("alert states encode"));
+                alerts.insert(k, state);
+            }
         }
         Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
             let (k, v) = meta(b"last_error", format!("{}: {reason}", record.id));
