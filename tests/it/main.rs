@@ -2,5 +2,6 @@
 
 mod fake_api;
 mod forwarder;
+mod nagios;
 mod socket_admin;
 mod support;

@@ -221,7 +221,14 @@ fn merge_sections(base: &str, extra: &str) -> String {
 impl TestEnv {
     /// Runs `pdrelay queue ARGS --json` and parses the answer.
     pub fn queue_json(&self, args: &[&str]) -> Value {
-        let out = self.command().arg("queue").args(args).arg("--json").output().unwrap();
+        let mut full = vec!["queue"];
+        full.extend_from_slice(args);
+        self.queue_json_cmd(&full)
+    }
+
+    /// Runs `pdrelay ARGS --json` and parses the answer.
+    pub fn queue_json_cmd(&self, args: &[&str]) -> Value {
+        let out = self.command().args(args).arg("--json").output().unwrap();
         assert!(out.status.success(), "queue {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["result"].clone()
