@@ -460,32 +460,27 @@ pub async fn serve(listener: UnixListener, path: PathBuf, store: Store, mut shut
             let uid = stream.peer_cred().map(|c| c.uid()).ok();
             debug!(?uid, "admin connection");
             let (read, mut write) = stream.into_split();
+            // Read the request first, even from a caller to be refused: closing on unread input
+            // would reset the connection and lose the reply.
+            let mut line = String::new();
+            let mut limited = AsyncBufReader::new(read.take(MAX_REQUEST_BYTES));
+            let got_line = tokio::time::timeout(Duration::from_secs(10), limited.read_line(&mut line)).await;
+            let failed = |error: String| AdminReply { ok: false, answer: None, error: Some(error) };
             let reply = if uid != Some(0) && uid != Some(own_uid) {
                 warn!(?uid, "admin request refused: not root or the daemon's user");
-                AdminReply {
-                    ok: false,
-                    answer: None,
-                    error: Some(format!(
-                        "permission denied: queue administration is for root and the daemon's user (uid {own_uid})"
-                    )),
-                }
+                failed(format!(
+                    "permission denied: queue administration is for root and the daemon's user (uid {own_uid})"
+                ))
             } else {
-                let mut line = String::new();
-                let mut limited = AsyncBufReader::new(read.take(MAX_REQUEST_BYTES));
-                let read = limited.read_line(&mut line);
-                match tokio::time::timeout(Duration::from_secs(10), read).await {
+                match got_line {
                     Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(request) => match execute(&store, request).await {
                             Ok(answer) => AdminReply { ok: true, answer: Some(answer), error: None },
-                            Err(e) => AdminReply { ok: false, answer: None, error: Some(e.to_string()) },
+                            Err(e) => failed(e.to_string()),
                         },
-                        Err(e) => AdminReply { ok: false, answer: None, error: Some(format!("request: {e}")) },
+                        Err(e) => failed(format!("request: {e}")),
                     },
-                    _ => AdminReply {
-                        ok: false,
-                        answer: None,
-                        error: Some("request: no complete line within 10s".into()),
-                    },
+                    _ => failed("request: no complete line within 10s".into()),
                 }
             };
             let mut bytes = serde_json::to_vec(&reply).expect("admin replies serialize");
@@ -516,9 +511,15 @@ fn via_socket(stream: std::os::unix::net::UnixStream, request: &AdminRequest) ->
     let mut writer = stream.try_clone().map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("admin requests serialize");
     line.push(b'\n');
-    writer.write_all(&line).map_err(io)?;
+    // A daemon that refuses the caller answers without reading the request; its reply still
+    // counts, so a failed write is not the end.
+    let wrote = writer.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).map_err(io)?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if reply.is_empty() {
+        wrote.map_err(io)?;
+        read.map_err(io)?;
+    }
     let reply: AdminReply =
         serde_json::from_str(&reply).map_err(|e| AdminError::Failed(format!("admin socket: unreadable reply: {e}")))?;
     match (reply.ok, reply.answer, reply.error) {

@@ -26,6 +26,10 @@ use super::Shutdown;
 use crate::event::{Event, IntakeDefaults};
 use crate::queue::store::{InsertTicket, NewEvent, Store, StoreError};
 
+/// How long, and how many bytes, a closing connection reads and discards (lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Replies waiting to be written per connection before reading pauses (backpressure).
 const REPLY_DEPTH: usize = 4096;
 
@@ -251,6 +255,12 @@ async fn serve(stream: UnixStream, store: Store, settings: &SocketSettings, mut 
     }
     drop(tx);
     let _ = writer.await;
+    // The writer has sent every reply and shut down our side. Read and discard what the client
+    // may still be sending for a moment before closing: closing with unread input would reset
+    // the connection and could cost the client the replies already sent.
+    let _ =
+        tokio::time::timeout(LINGER, tokio::io::copy(&mut (&mut reader).take(LINGER_BYTES), &mut tokio::io::sink()))
+            .await;
 }
 
 async fn reply_when_stored(ticket: Result<InsertTicket, StoreError>) -> Reply {
