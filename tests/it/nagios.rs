@@ -355,3 +355,58 @@ fn wait_until_or(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool,
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The shipped configs pass the real parsers: `nagios4 -v` and `icinga2 daemon -C`.
+#[test]
+fn shipped_nagios_and_icinga2_configs_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let required = std::env::var("PDRELAY_REQUIRE_NAGIOS").is_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    if Path::new("/usr/sbin/nagios4").exists() {
+        let shipped = std::fs::read_to_string(root.join("packaging/nagios/pdrelay.cfg"))
+            .unwrap()
+            .replace("YOUR_32_CHARACTER_INTEGRATION_KEY", &routing_key(1));
+        std::fs::write(dir.path().join("pdrelay.cfg"), shipped).unwrap();
+        std::fs::write(
+            dir.path().join("objects.cfg"),
+            "define timeperiod {\n timeperiod_name 24x7\n alias 24x7\n sunday 00:00-24:00\n}\n\
+             define command {\n command_name check_up\n command_line /bin/true\n}\n\
+             define host {\n host_name web1\n address 127.0.0.1\n check_command check_up\n max_check_attempts 1\n check_period 24x7\n contacts pagerduty\n notification_period 24x7\n}\n\
+             define service {\n host_name web1\n service_description Disk\n check_command check_up\n max_check_attempts 1\n check_interval 1\n retry_interval 1\n check_period 24x7\n contacts pagerduty\n notification_period 24x7\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("nagios.cfg"),
+            format!(
+                "cfg_file={d}/objects.cfg\ncfg_file={d}/pdrelay.cfg\ncheck_result_path={d}\nlock_file={d}/lock\ntemp_path={d}\nlog_file={d}/log\nnagios_user=root\nnagios_group=root\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("/usr/sbin/nagios4").arg("-v").arg(dir.path().join("nagios.cfg")).output().unwrap();
+        assert!(out.status.success(), "nagios4 -v:\n{}", String::from_utf8_lossy(&out.stdout));
+    } else {
+        assert!(!required, "nagios4 is not installed");
+    }
+    if Path::new("/usr/sbin/icinga2").exists() {
+        std::fs::write(
+            dir.path().join("icinga2.conf"),
+            format!(
+                "include <itl>\nobject CheckCommand \"ok\" {{ command = [ \"/bin/true\" ] }}\n\
+                 object Host \"web1\" {{ check_command = \"ok\"; address = \"127.0.0.1\" }}\n\
+                 object Service \"Disk\" {{ host_name = \"web1\"; check_command = \"ok\" }}\n\
+                 include \"{}\"\n",
+                root.join("packaging/icinga2/pdrelay.conf").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("/usr/sbin/icinga2")
+            .args(["daemon", "-C", "-c"])
+            .arg(dir.path().join("icinga2.conf"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "icinga2 daemon -C:\n{}", String::from_utf8_lossy(&out.stdout));
+    } else {
+        assert!(!required, "icinga2 is not installed");
+    }
+}
