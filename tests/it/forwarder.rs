@@ -325,11 +325,17 @@ fn kill_9_with_thousands_pending_loses_nothing() {
     d.kill9();
     let before = env.fake.accepted().len();
     let _d = env.start();
-    let got = env.fake.wait_accepted(total, Duration::from_secs(120));
-    let distinct: HashSet<u64> =
-        got.iter().map(|r| r.body["payload"]["custom_details"]["n"].as_u64().unwrap()).collect();
-    assert_eq!(distinct.len(), total, "every acknowledged event delivered");
-    std::thread::sleep(Duration::from_millis(500));
+    let distinct = || -> HashSet<u64> {
+        env.fake.accepted().iter().map(|r| r.body["payload"]["custom_details"]["n"].as_u64().unwrap()).collect()
+    };
+    // Duplicates count toward the fake's total, so wait for every distinct event, then for the
+    // queue to be empty, before counting duplicates.
+    wait_until("every acknowledged event delivered", Duration::from_secs(120), || distinct().len() == total);
+    assert_eq!(distinct(), (0..total as u64).collect::<HashSet<u64>>());
+    wait_until("queue drained", WAIT, || {
+        let s = env.queue_json(&["status"]);
+        s["total"]["pending"] == 0 && s["total"]["waiting"] == 0
+    });
     let duplicates = env.fake.accepted().len() - total;
     eprintln!("kill -9 after {before} deliveries: {duplicates} duplicates (bounded by concurrency)");
     assert!(duplicates <= 8, "duplicates bounded by the in-flight deliveries: {duplicates}");
