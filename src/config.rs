@@ -38,6 +38,25 @@ pub struct ConfigFile {
     pub retention: RetentionSection,
     /// Nagios and Icinga notifications.
     pub nagios: NagiosSection,
+    /// Bounds on the queue.
+    pub queue: QueueSection,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSection {
+    /// Most pending events; past it intake refuses with "queue is full".
+    pub max_pending: u64,
+    /// Intake refuses while the disk holding state_dir has less free space than this, in bytes.
+    pub min_free_bytes: u64,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        let limits = crate::queue::store::Limits::default();
+        QueueSection { max_pending: limits.max_pending, min_free_bytes: limits.min_free_bytes }
+    }
 }
 
 /// `[nagios]`
@@ -175,6 +194,7 @@ impl Default for ConfigFile {
             mapping: MappingSection::default(),
             retention: RetentionSection::default(),
             nagios: NagiosSection::default(),
+            queue: QueueSection::default(),
         }
     }
 }
@@ -362,6 +382,9 @@ impl Config {
                     "nagios.severity.{state}: must be critical, error, warning or info (got {severity:?})"
                 )),
             }
+        }
+        if file.queue.max_pending == 0 {
+            problems.push("queue.max_pending: must be at least 1".to_owned());
         }
         if file.retention.sweep_interval < Duration::from_millis(100) {
             problems.push("retention.sweep_interval: must be at least 100ms".to_owned());

@@ -42,6 +42,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>, ready: impl FnO
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
     store.set_repeat_trigger_window(config.file.mapping.drop_repeated_triggers);
+    store.set_limits(crate::queue::store::Limits {
+        max_pending: config.file.queue.max_pending,
+        min_free_bytes: config.file.queue.min_free_bytes,
+    });
     let result = serve(&config, store.clone(), stop, ready).await;
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");

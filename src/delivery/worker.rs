@@ -326,11 +326,20 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
             )
         }
     };
-    match store.record_outcome(record.seq, outcome).await {
-        Ok(()) => done,
-        Err(e) => {
-            warn!(id = %record.id, error = %e, "could not record a delivery outcome; the event stays pending");
-            Done::RetryAt { at_ms: now_ms() + STORE_RETRY_MS, pause_routing_key: false }
+    // Record the outcome; if the store cannot (a full disk), keep trying rather than send the
+    // event again: it may already be delivered. The line stays busy meanwhile.
+    let mut warned = false;
+    loop {
+        match store.record_outcome(record.seq, outcome.clone()).await {
+            Ok(()) => return done,
+            Err(StoreError::Closed) => return done,
+            Err(e) => {
+                if !warned {
+                    warn!(id = %record.id, error = %e, "cannot record a delivery outcome; retrying every second");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)).await;
+            }
         }
     }
 }

@@ -45,7 +45,8 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
     /// `invalid` (fix the event), `unavailable` (could not store: try again), `too_long` (line
-    /// over the limit), `timeout` (line not finished in time), `busy` (too many connections).
+    /// over the limit), `timeout` (line not finished in time), `busy` (too many connections),
+    /// `full` (queue at its size limit or disk under its reserve: try again later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// One-line reason, naming the field and the rule.
@@ -271,6 +272,7 @@ async fn reply_when_stored(ticket: Result<InsertTicket, StoreError>) -> Reply {
     match accepted.map(|mut a| a.pop()) {
         Ok(Some(a)) => Reply { ok: true, id: Some(a.id), dedup_key: a.dedup_key, code: None, error: None },
         Ok(None) => Reply::error("unavailable", "queue returned no acceptance"),
+        Err(e @ StoreError::Full(_)) => Reply::error("full", e.to_string()),
         Err(e) => Reply::error("unavailable", e.to_string()),
     }
 }

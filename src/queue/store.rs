@@ -52,13 +52,17 @@ pub enum StoreError {
     /// The committer has stopped (daemon shutting down).
     #[error("queue is closed")]
     Closed,
+    /// Intake refused: the queue is at its size limit or the disk is nearly full. Nothing was
+    /// stored; try again once deliveries have drained some of it.
+    #[error("queue is full: {0}")]
+    Full(String),
 }
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match e {
             sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
-            sled::Error::Io(io) => StoreError::Io(io.to_string()),
+            sled::Error::Io(io) => StoreError::from(io),
             other => StoreError::Io(other.to_string()),
         }
     }
@@ -66,8 +70,46 @@ impl From<sled::Error> for StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        StoreError::Io(e.to_string())
+        // sled wraps OS errors in a custom error whose text is their Debug form; name the common
+        // ones plainly.
+        let text = e.to_string();
+        if e.kind() == std::io::ErrorKind::StorageFull || text.contains("code: 28") {
+            StoreError::Io("no space left on the device holding the queue".to_owned())
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied || text.contains("code: 13") {
+            StoreError::Io(format!("permission denied: {text}"))
+        } else {
+            StoreError::Io(text)
+        }
     }
+}
+
+/// Bounds on intake, so that a long PagerDuty outage cannot fill the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most pending events (including those waiting for a retry); past it, inserts are refused.
+    pub max_pending: u64,
+    /// Inserts are refused while the file system holding the queue has less free space than
+    /// this, in bytes; the reserve lets deliveries keep recording their outcomes.
+    pub min_free_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_pending: 1_000_000, min_free_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// Free bytes for unprivileged users on the file system holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// What this host last told PagerDuty about one dedup key (dedup-key tracking).
@@ -237,6 +279,10 @@ struct Inner {
     requeued: Mutex<Vec<PendingEntry>>,
     /// `mapping.drop_repeated_triggers` in ms; 0 = off.
     repeat_window_ms: AtomicU64,
+    /// Pending events now (kept by the committer; read anywhere).
+    pending: AtomicU64,
+    /// Intake bounds.
+    limits: Mutex<Limits>,
 }
 
 impl Inner {
@@ -334,7 +380,10 @@ impl Store {
             syncs: AtomicU64::new(0),
             requeued: Mutex::new(Vec::new()),
             repeat_window_ms: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            limits: Mutex::new(Limits::default()),
         });
+        inner.pending.store(inner.tree.scan_prefix([b'p']).count() as u64, Ordering::SeqCst);
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
             .name("pdrelay-commit".into())
@@ -489,7 +538,12 @@ impl Store {
 
     /// Number of pending events (including those waiting for a retry).
     pub fn pending_count(&self) -> usize {
-        self.inner.tree.scan_prefix([b'p']).count()
+        self.inner.pending.load(Ordering::SeqCst) as usize
+    }
+
+    /// Sets the intake bounds (see [`Limits`]).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.inner.limits.lock().expect("limits lock") = limits;
     }
 
     /// Routing keys paused by a 429 (or v1 403), with pause-until in ms since the epoch.
@@ -545,24 +599,54 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
         let mut requeued: Vec<PendingEntry> = Vec::new();
         let mut alerts: HashMap<Vec<u8>, AlertState> = HashMap::new();
         let mut replies = Vec::with_capacity(group.len());
+        let limits = *inner.limits.lock().expect("limits lock");
+        let mut room: Option<Result<u64, StoreError>> = None;
+        let mut pending_delta: i64 = 0;
         for req in group {
             let result = match req.op {
                 Op::Insert(events) => {
-                    inserted_any = true;
-                    prepare_insert(inner, events, &mut batch, &mut new_ids, &alerts).map(Reply::Inserted)
+                    // Checked once per group: the queue's size limit and the disk's reserve.
+                    let left = room.get_or_insert_with(|| intake_room(inner, &limits));
+                    match left {
+                        Ok(n) if *n >= events.len() as u64 => {
+                            inserted_any = true;
+                            let mut stored = 0u64;
+                            let result = prepare_insert(inner, events, &mut batch, &mut new_ids, &alerts, &mut stored);
+                            *n = n.saturating_sub(stored);
+                            pending_delta += stored as i64;
+                            result.map(Reply::Inserted)
+                        }
+                        Ok(_) => Err(StoreError::Full(format!(
+                            "{} events pending, the limit is {} (queue.max_pending)",
+                            inner.pending.load(Ordering::SeqCst),
+                            limits.max_pending
+                        ))),
+                        Err(e) => Err(e.clone()),
+                    }
                 }
                 Op::Outcome { seq, outcome } => {
-                    prepare_outcome(inner, seq, outcome, &mut batch, &mut written, &mut alerts).map(|_| Reply::Done)
+                    let finishes = !matches!(outcome, Outcome::Retry { .. });
+                    let result = prepare_outcome(inner, seq, outcome, &mut batch, &mut written, &mut alerts);
+                    if matches!(result, Ok(true)) && finishes {
+                        pending_delta -= 1;
+                    }
+                    result.map(|_| Reply::Done)
                 }
                 Op::Retry(seqs) => {
                     let changed = prepare_admin(inner, &seqs, AdminChange::Retry, &mut batch, &mut written);
                     if let Ok(entries) = &changed {
                         requeued.extend(entries.iter().cloned());
+                        pending_delta += entries.len() as i64;
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
-                Op::Expire(seqs) => prepare_admin(inner, &seqs, AdminChange::Expire, &mut batch, &mut written)
-                    .map(|e| Reply::Changed(e.len())),
+                Op::Expire(seqs) => {
+                    let changed = prepare_admin(inner, &seqs, AdminChange::Expire, &mut batch, &mut written);
+                    if let Ok(entries) = &changed {
+                        pending_delta -= entries.len() as i64;
+                    }
+                    changed.map(|e| Reply::Changed(e.len()))
+                }
                 Op::Remove(seqs) => prepare_admin(inner, &seqs, AdminChange::Remove, &mut batch, &mut written)
                     .map(|e| Reply::Changed(e.len())),
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
@@ -577,6 +661,13 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
             .and_then(|_| sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from));
         if committed.is_ok() {
             inner.syncs.fetch_add(1, Ordering::SeqCst);
+            if pending_delta >= 0 {
+                inner.pending.fetch_add(pending_delta as u64, Ordering::SeqCst);
+            } else {
+                let _ = inner.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                    Some(p.saturating_sub(pending_delta.unsigned_abs()))
+                });
+            }
         }
         for (reply, result) in replies {
             let result = match &committed {
@@ -594,12 +685,29 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
+/// How many more events intake may store now: the queue's size limit less what is pending, or
+/// [`StoreError::Full`] when the disk is under its reserve.
+fn intake_room(inner: &Inner, limits: &Limits) -> Result<u64, StoreError> {
+    if limits.min_free_bytes > 0 {
+        let free = free_bytes(&inner.path)?;
+        if free < limits.min_free_bytes {
+            return Err(StoreError::Full(format!(
+                "{free} bytes free on the disk holding {}, below the {} byte reserve (queue.min_free_bytes)",
+                inner.path.display(),
+                limits.min_free_bytes
+            )));
+        }
+    }
+    Ok(limits.max_pending.saturating_sub(inner.pending.load(Ordering::SeqCst)))
+}
+
 fn prepare_insert(
     inner: &Inner,
     events: Vec<NewEvent>,
     batch: &mut sled::Batch,
     new_ids: &mut HashMap<String, Accepted>,
     alerts: &HashMap<Vec<u8>, AlertState>,
+    stored: &mut u64,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
@@ -651,6 +759,7 @@ fn prepare_insert(
         batch.insert(&key(b'e', seq), record.encode());
         batch.insert(id_key(&id), &seq.to_be_bytes());
         batch.insert(&key(b'p', seq), encode_pending(&record.event));
+        *stored += 1;
         let a = Accepted { id: id.clone(), seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         new_ids.insert(id, a.clone());
         accepted.push(a);
@@ -698,7 +807,7 @@ fn prepare_outcome(
     batch: &mut sled::Batch,
     written: &mut HashMap<u64, Record>,
     alerts: &mut HashMap<Vec<u8>, AlertState>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut record = match written.remove(&seq) {
         Some(r) => r,
         None => match inner.tree.get(key(b'e', seq))? {
@@ -709,7 +818,8 @@ fn prepare_outcome(
     let now = now_ms();
     if record.state != State::Pending {
         // Expired or purged while in flight: keep what the operator decided.
-        return Ok(());
+        written.insert(seq, record);
+        return Ok(false);
     }
     record.attempts += 1;
     record.last_attempt_at_ms = Some(now);
@@ -768,7 +878,7 @@ fn prepare_outcome(
     }
     batch.insert(&key(b'e', seq), record.encode());
     written.insert(seq, record);
-    Ok(())
+    Ok(true)
 }
 
 #[derive(Clone, Copy)]

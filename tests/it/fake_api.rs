@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -32,6 +33,10 @@ pub enum Fault {
     Hang(Duration),
     /// Read the request, then reset the connection (RST).
     Reset,
+    /// Accept the event (it counts as accepted), then cut the 202 answer off inside its body.
+    CutOff,
+    /// Wait this long, then answer normally.
+    Slow(Duration),
 }
 
 /// A request the fake accepted.
@@ -211,12 +216,32 @@ async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<Mutex<State>
     }
 }
 
-fn reply(status: u16, body: Value, retry_after: Option<u64>) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn reply(status: u16, body: Value, retry_after: Option<u64>) -> Response<Body> {
     let mut builder = Response::builder().status(status).header("content-type", "application/json");
     if let Some(s) = retry_after {
         builder = builder.header("retry-after", s.to_string());
     }
-    builder.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    builder.body(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed()).unwrap()
+}
+
+/// A body that sends its first bytes, then fails: hyper closes the connection mid-body.
+struct CutBody(Option<Bytes>);
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(first) => Ok(hyper::body::Frame::data(first)),
+            None => Err(std::io::Error::other("answer cut off by the fake")),
+        }))
+    }
 }
 
 async fn handle(
@@ -224,7 +249,7 @@ async fn handle(
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     reset: Arc<Notify>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let bytes = match req.into_body().collect().await {
@@ -262,8 +287,10 @@ async fn handle(
             reset.notify_one();
             std::future::pending::<()>().await;
         }
-        None => {}
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::CutOff) | None => {}
     }
+    let cut_off = matches!(fault, Some(Fault::CutOff));
     if method != hyper::Method::POST {
         return Ok(reply(405, json!({"status": "error", "message": "POST only"}), None));
     }
@@ -310,6 +337,16 @@ async fn handle(
         println!("{path} {body}");
     }
     s.accepted.push(Received { path, body, at: Instant::now() });
+    if cut_off {
+        let text = Bytes::from(ok_body.to_string());
+        let first = text.slice(..text.len() / 2);
+        return Ok(Response::builder()
+            .status(ok_status)
+            .header("content-type", "application/json")
+            .header("content-length", text.len().to_string())
+            .body(CutBody(Some(first)).boxed())
+            .unwrap());
+    }
     Ok(reply(ok_status, ok_body, None))
 }
 

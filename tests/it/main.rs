@@ -3,5 +3,6 @@
 mod fake_api;
 mod forwarder;
 mod nagios;
+mod reliability;
 mod socket_admin;
 mod support;
