@@ -80,6 +80,8 @@ pub enum QueueCommand {
         #[arg(long = "routing-key", short = 'k')]
         routing_key: Option<String>,
     },
+    /// Rebuild a damaged queue from what can be read (daemon stopped); the damaged one is kept.
+    Salvage,
     /// Remove delivered or failed records (pending events are never purged).
     Purge {
         /// Which records.

@@ -12,6 +12,9 @@ use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::intake::nagios;
 use pdrelay::send::{self, Handed, SendError};
 
+/// Exit code of a daemon that refuses a damaged queue.
+const EXIT_DAMAGED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit = cli.config.is_some();
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
 
 fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
     let request = match command {
+        QueueCommand::Salvage => return run_salvage(config, json),
         QueueCommand::Status => AdminRequest::Status,
         QueueCommand::List { state, routing_key, limit } => AdminRequest::List { state, routing_key, limit },
         QueueCommand::Show { id } => AdminRequest::Show { id },
@@ -53,6 +57,40 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
         }
     };
     run_admin(config, request, json, "pdrelay queue")
+}
+
+fn run_salvage(config: &Config, json: bool) -> ExitCode {
+    match pdrelay::queue::Store::salvage(&config.queue_path()) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+            } else {
+                println!("damaged queue moved to {} (kept; delete it when done)", report.moved_to.display());
+                println!(
+                    "recovered: {} pending, {} failed, {} delivered, {} open-alert entries; {} unreadable",
+                    report.pending, report.failed, report.delivered, report.alerts, report.unreadable
+                );
+                if let Some(acked) = report.acknowledged_commit {
+                    let found = report.recovered_commit.unwrap_or(0);
+                    if found < acked {
+                        println!(
+                            "lost: the events of commits #{} to #{acked} were acknowledged but could not be read; \
+                             resend what the producers sent just before the damage",
+                            found + 1
+                        );
+                    }
+                }
+                if let Some(e) = &report.open_error {
+                    println!("the damaged copy could not be opened at all: {e}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay queue salvage: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str) -> ExitCode {
@@ -150,8 +188,14 @@ fn run_daemon(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "pdrelay daemon failed");
-            eprintln!("pdrelay: {e}");
-            ExitCode::from(1)
+            // A damaged queue needs an operator: a distinct code that the systemd unit does not
+            // restart on (RestartPreventExitStatus=3), rather than a restart loop.
+            let damaged = matches!(
+                e,
+                pdrelay::daemon::DaemonError::Store(pdrelay::queue::StoreError::Damaged { .. })
+                    | pdrelay::daemon::DaemonError::Store(pdrelay::queue::StoreError::Corrupt(_))
+            );
+            ExitCode::from(if damaged { EXIT_DAMAGED } else { 1 })
         }
     }
 }

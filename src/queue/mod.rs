@@ -20,8 +20,16 @@
 //!    since the last commit (values over 128 KiB go there, written without any sync) and of the
 //!    `blobs/` directory and the database directory, so that new names are durable too.
 //!
+//! 4. The commit's number, stored inside sled in the same batch, is written to the commit mark
+//!    file (`pdrelay-commit-mark`) and that file is fsynced.
+//!
 //! A kill -9 needs only step 2 (the page cache outlives the process); a power cut needs step 3.
-//! `tests/` checks the order: the sync counter moves before the reply is sent.
+//! Step 4 guards against the other way to lose data: sled 0.34, finding a damaged or truncated
+//! log, recovers silently up to the damage, which would forget acknowledged events. On open, sled
+//! must hold a commit number at least the mark's; if not, [`StoreError::Damaged`] stops the
+//! daemon (exit code 3) and `pdrelay queue salvage` moves the damaged queue aside and rebuilds it
+//! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
+//! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
 
 pub mod record;
 pub mod store;

@@ -49,6 +49,18 @@ pub enum StoreError {
     /// sled reports damage, or a record does not decode.
     #[error("queue is damaged: {0}")]
     Corrupt(String),
+    /// The queue lost acknowledged commits (a damaged or truncated file): the daemon must not
+    /// start on it, or it would forget pending events. `pdrelay queue salvage` recovers.
+    #[error(
+        "the queue at {path} is damaged: {detail}. Nothing was changed. Stop the daemon and run \
+         `pdrelay queue salvage`: it moves the damaged queue aside and rebuilds it from what can be read"
+    )]
+    Damaged {
+        /// Database directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The committer has stopped (daemon shutting down).
     #[error("queue is closed")]
     Closed,
@@ -80,6 +92,136 @@ impl From<std::io::Error> for StoreError {
         } else {
             StoreError::Io(text)
         }
+    }
+}
+
+/// What `pdrelay queue salvage` did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Salvage {
+    /// Where the damaged queue directory now is (kept, never deleted).
+    pub moved_to: PathBuf,
+    /// The last commit acknowledged to producers, from the commit mark.
+    pub acknowledged_commit: Option<u64>,
+    /// The last commit found in the damaged queue.
+    pub recovered_commit: Option<u64>,
+    /// Records recovered, by state.
+    pub pending: u64,
+    /// Failed records recovered.
+    pub failed: u64,
+    /// Delivered records recovered.
+    pub delivered: u64,
+    /// Dedup-key tracking entries recovered.
+    pub alerts: u64,
+    /// Entries that could not be read.
+    pub unreadable: u64,
+    /// Set when sled could not open the damaged copy at all (nothing recovered).
+    pub open_error: Option<String>,
+}
+
+/// File in the queue directory holding the number of the last acknowledged group commit.
+pub const MARK_FILE: &str = "pdrelay-commit-mark";
+
+/// The commit mark: after each group commit is synced, its number is written here and synced too.
+/// Each commit also stores its number inside sled, so on open sled must hold at least the
+/// number in the mark; less means acknowledged events were lost (a damaged or truncated file,
+/// which sled 0.34 may otherwise recover from silently by cutting its log short).
+struct CommitMark(File);
+
+impl CommitMark {
+    fn open(dir: &Path) -> Result<CommitMark, StoreError> {
+        Ok(CommitMark(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(MARK_FILE))?,
+        ))
+    }
+
+    /// The mark: 8 bytes big-endian, then the same bytes inverted. `None` for a new file.
+    fn read(&self) -> Result<Option<u64>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 16];
+        match self.0.read_at(&mut buf, 0) {
+            Ok(0) => Ok(None),
+            Ok(16) => {
+                let n = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                let check = u64::from_be_bytes(buf[8..].try_into().expect("8 bytes"));
+                if n == !check {
+                    Ok(Some(n))
+                } else {
+                    Err(StoreError::Damaged {
+                        path: PathBuf::from(MARK_FILE),
+                        detail: "its commit mark is unreadable".into(),
+                    })
+                }
+            }
+            Ok(_) => Err(StoreError::Damaged {
+                path: PathBuf::from(MARK_FILE),
+                detail: "its commit mark is cut short".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write(&self, commit: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&commit.to_be_bytes());
+        buf[8..].copy_from_slice(&(!commit).to_be_bytes());
+        self.0.write_all_at(&buf, 0)?;
+        self.0.sync_data()
+    }
+}
+
+/// When sled refuses a damaged queue, copies it to `scratch` without sled's snapshot files (so
+/// that sled rebuilds its state by reading the log from the start, stopping at the damage), then,
+/// if it still refuses, cuts the copy's `db` file shorter, 64 KiB at a time, until sled opens it.
+fn open_truncated_copy(damaged: &Path, scratch: &Path) -> Result<sled::Db, StoreError> {
+    const STEP: u64 = 64 * 1024;
+    let len = std::fs::metadata(damaged.join("db"))?.len();
+    let mut cut = len;
+    while cut > 0 {
+        let _ = std::fs::remove_dir_all(scratch);
+        std::fs::create_dir_all(scratch)?;
+        for entry in std::fs::read_dir(damaged)? {
+            let entry = entry?;
+            let snapshot = entry.file_name().to_string_lossy().starts_with("snap.");
+            if entry.file_type()?.is_file() && !snapshot {
+                std::fs::copy(entry.path(), scratch.join(entry.file_name()))?;
+            }
+        }
+        std::fs::OpenOptions::new().write(true).open(scratch.join("db"))?.set_len(cut)?;
+        if let Ok(db) = open_sled(scratch) {
+            return Ok(db);
+        }
+        cut = (cut - 1) / STEP * STEP;
+    }
+    Err(StoreError::Damaged { path: damaged.to_owned(), detail: "no readable prefix".into() })
+}
+
+fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(tree.get(k)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+}
+
+/// Opens sled, turning a lock conflict into [`StoreError::Locked`] and a panic inside sled (it
+/// has some on damaged files) into [`StoreError::Damaged`].
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let p = path.to_owned();
+    let opened = std::panic::catch_unwind(move || sled::Config::new().path(&p).open());
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(io)))
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+        {
+            Err(StoreError::Locked { path: path.to_owned(), detail: io.to_string() })
+        }
+        Ok(Err(e @ sled::Error::Corruption { .. })) => {
+            Err(StoreError::Damaged { path: path.to_owned(), detail: format!("sled reports {e}") })
+        }
+        Ok(Err(e)) => Err(StoreError::from(e)),
+        Err(_) => Err(StoreError::Damaged { path: path.to_owned(), detail: "sled could not read it".into() }),
     }
 }
 
@@ -283,6 +425,8 @@ struct Inner {
     pending: AtomicU64,
     /// Intake bounds.
     limits: Mutex<Limits>,
+    /// Next sequence number to give out (owned by the committer).
+    next_seq: AtomicU64,
 }
 
 impl Inner {
@@ -357,18 +501,32 @@ impl Store {
     /// when sled finds damage; [`StoreError::Io`] otherwise.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path)?;
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                StoreError::Locked { path: path.to_owned(), detail: io.to_string() }
-            }
-            other => StoreError::from(other),
-        })?;
+        let db = open_sled(path)?;
         let tree = db.open_tree("queue")?;
         let db_file = File::open(path.join("db"))?;
         sync_dir(path)?;
         if let Some(parent) = path.parent() {
             sync_dir(parent)?;
         }
+        // The commit mark: sled must hold at least every commit that was acknowledged.
+        let stored_commit = read_u64(&tree, &meta_key(b"commit"))?.unwrap_or(0);
+        let mark = CommitMark::open(path)?;
+        if let Some(acknowledged) = mark.read()? {
+            if stored_commit < acknowledged {
+                return Err(StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail: format!(
+                        "it holds commits up to #{stored_commit} but commits up to #{acknowledged} were acknowledged; \
+                         acknowledged events are missing"
+                    ),
+                });
+            }
+        }
+        let last_seq = match tree.range(key(b'e', 0)..=key(b'e', u64::MAX)).next_back() {
+            Some(item) => seq_of(&item?.0),
+            None => 0,
+        };
+        let next_seq = last_seq.max(read_u64(&tree, &meta_key(b"next_seq"))?.unwrap_or(0)) + 1;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let inner = Arc::new(Inner {
             tree,
@@ -382,15 +540,86 @@ impl Store {
             repeat_window_ms: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             limits: Mutex::new(Limits::default()),
+            next_seq: AtomicU64::new(next_seq),
         });
         inner.pending.store(inner.tree.scan_prefix([b'p']).count() as u64, Ordering::SeqCst);
+        mark.write(stored_commit)?;
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
             .name("pdrelay-commit".into())
-            .spawn(move || committer(&for_thread, db_file, rx))
+            .spawn(move || committer(&for_thread, db_file, mark, stored_commit, rx))
             .map_err(StoreError::from)?;
         *inner.committer.lock().expect("committer handle lock") = Some(handle);
         Ok(Store { inner })
+    }
+
+    /// Moves a damaged queue directory aside and builds a new one at `path` from every record
+    /// that can still be read. Needs the daemon stopped. See [`Salvage`].
+    pub fn salvage(path: &Path) -> Result<Salvage, StoreError> {
+        let mark = CommitMark::open(path).ok().and_then(|m| m.read().ok().flatten());
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("queue");
+        let aside = path.with_file_name(format!("{name}.damaged-{stamp}"));
+        std::fs::rename(path, &aside)?;
+        let mut report = Salvage { moved_to: aside.clone(), acknowledged_commit: mark, ..Salvage::default() };
+        let mut entries = Vec::new();
+        let scratch = path.with_file_name(format!("{name}.salvage-{stamp}"));
+        let opened = open_sled(&aside)
+            .or_else(|e| open_truncated_copy(&aside, &scratch).map_err(|_| e))
+            .and_then(|db| db.open_tree("queue").map_err(StoreError::from));
+        match opened {
+            Ok(tree) => {
+                report.recovered_commit = read_u64(&tree, &meta_key(b"commit")).ok().flatten();
+                for item in tree.iter() {
+                    match item {
+                        Ok((k, v)) => {
+                            if k.first() == Some(&b'e') && Record::decode(&v).is_err() {
+                                report.unreadable += 1;
+                                continue;
+                            }
+                            match k.first() {
+                                Some(b'e') => match Record::decode(&v).map(|r| r.state) {
+                                    Ok(State::Pending) => report.pending += 1,
+                                    Ok(State::Failed) => report.failed += 1,
+                                    Ok(State::Delivered) => report.delivered += 1,
+                                    Err(_) => {}
+                                },
+                                Some(b'a') => report.alerts += 1,
+                                _ => {}
+                            }
+                            if k.as_ref() != meta_key(b"commit").as_slice() {
+                                entries.push((k.to_vec(), v.to_vec()));
+                            }
+                        }
+                        Err(_) => report.unreadable += 1,
+                    }
+                }
+            }
+            Err(e) => report.open_error = Some(e.to_string()),
+        }
+        // Keep only index entries whose record made it.
+        let records: HashSet<u64> =
+            entries.iter().filter(|(k, _)| k.first() == Some(&b'e') && k.len() == 9).map(|(k, _)| seq_of(k)).collect();
+        entries.retain(|(k, v)| match k.first() {
+            Some(b'p') => k.len() == 9 && records.contains(&seq_of(k)),
+            Some(b'i') => v.len() == 8 && records.contains(&u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))),
+            _ => true,
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        let fresh = sled::Config::new().path(path).open()?;
+        let tree = fresh.open_tree("queue")?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k, v);
+        }
+        tree.apply_batch(batch)?;
+        fresh.flush()?;
+        drop(tree);
+        drop(fresh);
+        let _ = std::fs::remove_file(path.join(MARK_FILE));
+        // Opening it writes a new commit mark.
+        Store::open(path)?.close();
+        Ok(report)
     }
 
     /// Directory of the database.
@@ -582,7 +811,7 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// The committer thread: group, write, flush, fsync, answer.
-fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
+fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mut rx: mpsc::Receiver<Request>) {
     let mut synced_blobs: HashSet<OsString> = HashSet::new();
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -653,12 +882,16 @@ fn committer(inner: &Inner, db_file: File, mut rx: mpsc::Receiver<Request>) {
             };
             replies.push((req.reply, result));
         }
+        commit += 1;
+        batch.insert(meta_key(b"commit"), &commit.to_be_bytes());
+        batch.insert(meta_key(b"next_seq"), &inner.next_seq.load(Ordering::SeqCst).to_be_bytes());
         let committed = inner
             .tree
             .apply_batch(batch)
             .map_err(StoreError::from)
             .and_then(|_| inner.db.flush().map_err(StoreError::from))
-            .and_then(|_| sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from));
+            .and_then(|_| sync_files(&db_file, &inner.path, &mut synced_blobs).map_err(StoreError::from))
+            .and_then(|_| mark.write(commit).map_err(StoreError::from));
         if committed.is_ok() {
             inner.syncs.fetch_add(1, Ordering::SeqCst);
             if pending_delta >= 0 {
@@ -741,7 +974,7 @@ fn prepare_insert(
             }
         }
         let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let seq = inner.db.generate_id()?;
+        let seq = inner.next_seq.fetch_add(1, Ordering::SeqCst);
         let record = Record {
             id: id.clone(),
             seq,

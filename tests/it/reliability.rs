@@ -302,3 +302,65 @@ fn a_full_disk_refuses_intake_keeps_delivering_and_recovers() {
     env.fake.wait_accepted(acked.len() + 1, WAIT);
     drop(d);
 }
+
+fn damage(db: &Path, how: &str) {
+    let mut bytes = std::fs::read(db).unwrap();
+    match how {
+        "flipped bytes" => {
+            let start = bytes.len() / 3;
+            for b in &mut bytes[start..start + 200] {
+                *b ^= 0xff;
+            }
+        }
+        "truncated file" => bytes.truncate(bytes.len() / 2),
+        _ => unreachable!(),
+    }
+    std::fs::write(db, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_queue_refuses_to_start_and_salvage_recovers_what_it_can() {
+    for (how, stop_with_kill) in [("flipped bytes", false), ("truncated file", false), ("truncated file", true)] {
+        let env = TestEnv::new();
+        env.fake.set_down(true);
+        let d = env.start();
+        let rk = routing_key(46);
+        let mut c = env.connect();
+        for n in 0..60 {
+            c.send_line(&numbered(&rk, n));
+            assert_eq!(c.read_reply()["ok"], true);
+        }
+        if stop_with_kill {
+            d.kill9();
+        } else {
+            d.terminate(Duration::from_secs(10));
+        }
+        damage(&env.state.join("queue/db"), how);
+        let out = env.command().arg("daemon").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{how}: a damaged queue stops the daemon with exit 3: {stderr}");
+        assert!(stderr.contains("is damaged") && stderr.contains("pdrelay queue salvage"), "{how}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{how}: {stderr}");
+        let out = env.command().args(["queue", "salvage"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{how}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("damaged queue moved to"), "{stdout}");
+        let aside: Vec<_> = std::fs::read_dir(&env.state)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("queue.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged queue is kept");
+        let recovered = env.queue_json(&["status"])["total"]["pending"].as_u64().unwrap();
+        eprintln!(
+            "{how} (stopped by {}): recovered {recovered} of 60 pending",
+            if stop_with_kill { "kill -9" } else { "SIGTERM" }
+        );
+        assert!(recovered < 60, "{how}: some events were lost to the damage, and said so: {stdout}");
+        assert!(stdout.contains("lost:"), "{how}: the loss is reported: {stdout}");
+        // The rebuilt queue works: what was recovered is delivered.
+        env.fake.set_down(false);
+        let _d = env.start();
+        wait_until("recovered events delivered", WAIT, || env.fake.accepted().len() as u64 >= recovered);
+    }
+}
