@@ -23,6 +23,9 @@ pub const MAX_DEDUP_KEY_CHARS: usize = 255;
 pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 /// Length of a routing key (integration key), in ASCII alphanumeric characters.
 pub const ROUTING_KEY_CHARS: usize = 32;
+/// Deepest nesting of arrays and objects accepted in an event. The stored record wraps the event
+/// in a few more levels, and must stay under serde_json's limit of 128 to be read back.
+pub const MAX_NESTING: usize = 120;
 /// Key under `custom_details` (v2) or `details` (v1) that keeps a severity pdrelay had to map.
 pub const ORIGINAL_SEVERITY_DETAIL: &str = "pdrelay_original_severity";
 
@@ -271,6 +274,10 @@ impl Event {
     /// As [`Event::from_json`], from an already parsed JSON value.
     pub fn from_value(value: serde_json::Value, defaults: &IntakeDefaults) -> Result<Event, EventError> {
         let object = value.as_object().ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
+        if nesting(&value) > MAX_NESTING {
+            let rule = format!("must not nest arrays and objects more than {MAX_NESTING} levels deep");
+            return Err(EventError::new("event", rule));
+        }
         let event = if ["event_type", "service_key", "incident_key"].iter().any(|k| object.contains_key(*k)) {
             Event::V1(V1Event::from_input(typed(value)?, defaults)?)
         } else if object.contains_key("event_action") {
@@ -349,6 +356,22 @@ impl Event {
     }
 }
 
+/// Deepest nesting of arrays and objects in `value` (a scalar is 0), walked without recursion.
+fn nesting(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// Deserializes into a wire type, naming the offending field on error.
 fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, EventError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -356,6 +379,17 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, 
         let field = if path == "." { "event".to_owned() } else { path };
         EventError::new(field, e.into_inner().to_string())
     })
+}
+
+/// A required summary (v2 alert, change): present, cut to [`MAX_SUMMARY_CHARS`], and not blank
+/// after the cut.
+pub(crate) fn required_summary(summary: Option<String>, field: &str) -> Result<String, EventError> {
+    let mut summary = summary.unwrap_or_default();
+    truncate_chars(&mut summary, MAX_SUMMARY_CHARS);
+    if summary.trim().is_empty() {
+        return Err(EventError::new(field, "is required and must not be blank (in its first 1024 characters)"));
+    }
+    Ok(summary)
 }
 
 /// Cuts `text` to at most `max` characters, on a character boundary. Returns whether it cut.

@@ -5,9 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{check_links, Link};
-use crate::event::{
-    check_timestamp, routing_key_or_default, truncate_chars, EventError, IntakeDefaults, RoutingKey, MAX_SUMMARY_CHARS,
-};
+use crate::event::{check_timestamp, required_summary, routing_key_or_default, EventError, IntakeDefaults, RoutingKey};
 
 /// A change event as sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,11 +63,7 @@ impl ChangeEvent {
     /// 1024 characters, timestamp checked.
     pub fn from_input(input: ChangeInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
         let routing_key = routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
-        let mut summary = input.payload.summary.unwrap_or_default();
-        if summary.trim().is_empty() {
-            return Err(EventError::new("payload.summary", "is required and must not be empty"));
-        }
-        truncate_chars(&mut summary, MAX_SUMMARY_CHARS);
+        let summary = required_summary(input.payload.summary, "payload.summary")?;
         if let Some(ts) = &input.payload.timestamp {
             check_timestamp(ts, "payload.timestamp")?;
         }

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_images, check_links, Image, Link};
 use crate::event::{
-    check_timestamp, fit_dedup_key, keep_original_severity, new_dedup_key, routing_key_or_default, truncate_chars,
-    EventAction, EventError, IntakeDefaults, RoutingKey, Severity, MAX_SUMMARY_CHARS,
+    check_timestamp, fit_dedup_key, keep_original_severity, new_dedup_key, required_summary, routing_key_or_default,
+    EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
 };
 
 /// An alert event as sent: every rule of intake already holds.
@@ -143,11 +143,7 @@ impl AlertEvent {
 
 impl AlertPayload {
     fn from_input(input: PayloadInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
-        let mut summary = input.summary.unwrap_or_default();
-        if summary.trim().is_empty() {
-            return Err(EventError::new("payload.summary", "is required and must not be empty"));
-        }
-        truncate_chars(&mut summary, MAX_SUMMARY_CHARS);
+        let summary = required_summary(input.summary, "payload.summary")?;
         let source = input.source.filter(|s| !s.is_empty()).unwrap_or_else(|| defaults.source.clone());
         let mut custom_details = input.custom_details;
         let severity = match input.severity.as_deref() {
