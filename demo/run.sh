@@ -6,11 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --bin pdrelay --example receiver
-bin=target/debug/pdrelay
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/debug/pdrelay"
+if [ -S demo/state/run/admin.sock ] && "$bin" queue status --config demo/config.toml >/dev/null 2>&1; then
+  echo "a demo daemon is still running (KEEP=1?); stop it first: pkill -f 'examples/receiver'; pkill -f 'pdrelay daemon'" >&2
+  exit 1
+fi
 rm -rf demo/state && mkdir -p demo/state/spool
 export PDRELAY_CONFIG=demo/config.toml
 
-target/debug/examples/receiver 127.0.0.1:18765 > demo/state/received.log 2> demo/state/receiver.err &
+"$target/debug/examples/receiver" 127.0.0.1:18765 > demo/state/received.log 2> demo/state/receiver.err &
 receiver=$!
 "$bin" daemon 2> demo/state/daemon.log &
 daemon=$!
@@ -35,5 +40,6 @@ cat demo/state/received.log
 if [ "${KEEP:-}" = 1 ]; then
   echo
   echo "Daemon (pid $daemon) and receiver (pid $receiver) keep running; PDRELAY_CONFIG=demo/config.toml."
-  echo "Try: $bin send -t resolve -i web1/load ; tail -f demo/state/received.log"
+  echo "Try: PDRELAY_CONFIG=demo/config.toml $bin send -t resolve -i web1/load ; tail -f demo/state/received.log"
+  echo "Stop them: kill $daemon $receiver"
 fi

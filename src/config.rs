@@ -332,6 +332,21 @@ impl Config {
                 0o660
             }
         };
+        if file.state_dir.as_os_str().is_empty() {
+            problems.push("state_dir: must not be empty".to_owned());
+        }
+        if file.ingest.socket.as_os_str().is_empty() || file.ingest.admin_socket.as_os_str().is_empty() {
+            problems.push("ingest.socket, ingest.admin_socket: must not be empty".to_owned());
+        }
+        if file.ingest.spool_dirs.iter().any(|d| d.as_os_str().is_empty()) {
+            problems.push("ingest.spool_dirs: must not hold an empty path".to_owned());
+        }
+        if file.ingest.max_file_bytes < 1024 {
+            problems.push("ingest.max_file_bytes: must be at least 1024".to_owned());
+        }
+        if file.retry.max_retry_after < Duration::from_secs(1) {
+            problems.push("retry.max_retry_after: must be at least 1s".to_owned());
+        }
         if file.ingest.spool_dirs.is_empty() {
             problems.push(
                 "ingest.spool_dirs: must name at least one directory (send's drop-files go to the first)".to_owned(),
@@ -394,6 +409,10 @@ impl Config {
         }
         let events_url = file.pagerduty.events_url.trim_end_matches('/').to_owned();
         match reqwest::Url::parse(&events_url) {
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => problems.push(format!(
+                "pagerduty.events_url: must be a base URL without ?query or #fragment (got {:?})",
+                file.pagerduty.events_url
+            )),
             Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
             _ => problems.push(format!(
                 "pagerduty.events_url: must be an http or https URL (got {:?})",
@@ -436,7 +455,11 @@ impl Config {
                 Severity::Error
             }
         };
-        if tracing_subscriber::EnvFilter::try_new(&file.log_level).is_err() {
+        let level_words = ["error", "warn", "info", "debug", "trace", "off"];
+        let plain_word = !file.log_level.contains(['=', ',', ':']);
+        if tracing_subscriber::EnvFilter::try_new(&file.log_level).is_err()
+            || (plain_word && !level_words.contains(&file.log_level.to_ascii_lowercase().as_str()))
+        {
             problems.push(format!(
                 "log_level: must be error, warn, info, debug, trace or a tracing filter (got {:?})",
                 file.log_level

@@ -96,6 +96,7 @@ async fn serve(
         retry: file.retry.clone(),
         concurrency: file.pagerduty.concurrency,
         shutdown_timeout: file.shutdown_timeout,
+        failing: Default::default(),
     };
     let mut delivery_shutdown = shutdown.clone();
     let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));

@@ -163,7 +163,18 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str) -
 fn run_daemon(config: Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Under systemd, journald stamps each line itself: no timestamps, no colours there.
+    use std::io::IsTerminal;
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("pdrelay").build() {
         Ok(r) => r,
         Err(e) => {

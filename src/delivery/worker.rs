@@ -41,6 +41,8 @@ pub struct DeliverySettings {
     pub concurrency: usize,
     /// How long in-flight deliveries may run on after shutdown is asked.
     pub shutdown_timeout: Duration,
+    /// Set while deliveries fail, so that the change is logged once each way, not per event.
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One line of events that must go out in order.
@@ -205,9 +207,17 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let record = match self.store.get(seq)? {
-                Some(r) if r.state == State::Pending => r,
-                _ => {
+            let record = match self.store.get(seq) {
+                Err(e @ StoreError::Corrupt(_)) => {
+                    // One unreadable record must not stop delivery of the others.
+                    error!(seq, error = %e, "a queued record cannot be read; skipping it (see `pdrelay queue salvage`)");
+                    line.seqs.pop_front();
+                    self.requeue_or_drop(order_key);
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(Some(r)) if r.state == State::Pending => r,
+                Ok(_) => {
                     // Finished elsewhere (an operator's purge, say): drop it from the line.
                     line.seqs.pop_front();
                     self.requeue_or_drop(order_key);
@@ -306,6 +316,16 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
         if matches!(store.alert(record.event.routing_key().as_str(), dedup), Ok(None)) && record.attempts == 0 {
             info!(id = %record.id, routing_key = %rk, dedup_key = dedup, %action, "no trigger known for this dedup key; sending anyway (PagerDuty may know it)");
         }
+    }
+    let failing = &settings.failing;
+    match &decision {
+        Decision::Delivered if failing.swap(false, std::sync::atomic::Ordering::Relaxed) => {
+            info!("deliveries succeed again");
+        }
+        Decision::Retry { reason, .. } if !failing.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+            warn!(%reason, "deliveries are failing; events stay queued and are retried (see `pdrelay queue status`)");
+        }
+        _ => {}
     }
     let (outcome, done) = match decision {
         Decision::Delivered => {

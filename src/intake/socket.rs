@@ -94,7 +94,14 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<UnixLis
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ));
+        }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
                 return Err(std::io::Error::new(

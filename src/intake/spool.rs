@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::Watcher;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -59,6 +60,21 @@ pub const PL_FILE_QUIET: Duration = Duration::from_secs(2);
 
 fn is_pl_file(name: &str) -> bool {
     name.starts_with("pd_") && name.ends_with(".txt")
+}
+
+/// Whether an inotify event can mean a new file to read: created, renamed in, or closed after
+/// writing. Opens, reads, attribute changes and removals cannot.
+pub fn is_arrival(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(_) => true,
+        EventKind::Modify(ModifyKind::Name(_)) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        // An overflowed queue or an unknown event: scan to be safe.
+        EventKind::Any | EventKind::Other => true,
+        _ => false,
+    }
 }
 
 /// One file read from a spool directory.
@@ -117,8 +133,12 @@ pub async fn run(settings: SpoolSettings, store: Store, mut shutdown: Shutdown) 
             error!(dir = %dir.display(), error = %e, "cannot create the spool directory; its files wait for the next rescan");
         }
     }
-    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wake_tx.try_send(());
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only arrivals wake a scan: our own scan opens and reads the directory, and waking on
+        // those events would scan in a loop.
+        if res.map(|e| is_arrival(&e.kind)).unwrap_or(true) {
+            let _ = wake_tx.try_send(());
+        }
     });
     let _watcher = match watcher {
         Ok(mut w) => {
@@ -171,7 +191,11 @@ async fn drain_once(settings: &SpoolSettings, store: &Store, stuck: &mut HashSet
                 events.append(&mut evs);
                 to_delete.push(file.path);
             }
-            Err(reason) => quarantine(&file.path, &reason),
+            Err(reason) => {
+                if !quarantine(&file.path, &reason) {
+                    stuck.insert(file.path);
+                }
+            }
         }
     }
     if events.is_empty() {
@@ -214,19 +238,37 @@ fn read_batch(settings: &SpoolSettings, skip: &HashSet<PathBuf>) -> Vec<SpoolFil
                 continue;
             }
         };
-        let mut names: Vec<(String, PathBuf)> = entries
+        let mut names: Vec<(String, PathBuf, Option<String>)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
-                (is_file && is_spool_file(&name)).then(|| (name, e.path()))
+                let (name, utf8) = match e.file_name().into_string() {
+                    Ok(name) => (name, true),
+                    Err(raw) => (raw.to_string_lossy().into_owned(), false),
+                };
+                if !is_spool_file(&name) || skip.contains(&e.path()) {
+                    return None;
+                }
+                // Anything with a spool file's name that cannot be read as one is quarantined
+                // with its reason, rather than left alone without a word.
+                let problem = match e.file_type() {
+                    _ if !utf8 => Some("file name is not valid UTF-8".to_owned()),
+                    Ok(t) if t.is_file() => None,
+                    Ok(t) if t.is_symlink() => Some("is a symbolic link; spool files must be regular files".to_owned()),
+                    Ok(t) if t.is_dir() => Some("is a directory; spool files must be regular files".to_owned()),
+                    Ok(_) => Some("is not a regular file (a FIFO, socket or device)".to_owned()),
+                    Err(_) => return None,
+                };
+                Some((name, e.path(), problem))
             })
-            .filter(|(_, p)| !skip.contains(p))
             .collect();
         names.sort();
-        for (name, path) in names {
+        for (name, path, problem) in names {
             if out.len() >= FILES_PER_BATCH {
                 return out;
+            }
+            if let Some(reason) = problem {
+                out.push(SpoolFile { path, parsed: Err(reason) });
+                continue;
             }
             let parsed = read_file(&path, &name, settings);
             match parsed {
@@ -270,37 +312,65 @@ fn read_file(
         }
         Err(e) => return Err(e),
     };
-    Ok(Some(parse_spool_file(name, &bytes, &settings.defaults, &settings.nagios)))
+    let mut parsed = parse_spool_file(name, &bytes, &settings.defaults, &settings.nagios);
+    if let Ok(events) = &mut parsed {
+        // Ids from the file's identity, so that a file read again after a crash between storing
+        // and deleting it is stored once (the store skips ids it holds with the same event).
+        for (line, event) in events.iter_mut().enumerate() {
+            if event.id.is_none() {
+                event.id = Some(file_event_id(path, &meta, line));
+            }
+        }
+    }
+    Ok(Some(parsed))
 }
 
-/// Moves a file whole to `rejected/` with a `.reason` sidecar; never deletes it.
-fn quarantine(path: &Path, reason: &str) {
-    let Some(dir) = path.parent() else { return };
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
+/// An event id derived from the file's identity (path, device, inode, size, modification time
+/// in ns) and the line: a UUID (version 8) that is the same each time the same file is read.
+fn file_event_id(path: &Path, meta: &std::fs::Metadata, line: usize) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    h.update(path.as_os_str().as_bytes());
+    for n in [meta.dev(), meta.ino(), meta.size(), meta.mtime() as u64, meta.mtime_nsec() as u64, line as u64] {
+        h.update(n.to_be_bytes());
+    }
+    let digest = h.finalize();
+    let bytes: [u8; 16] = digest[..16].try_into().expect("16 bytes");
+    uuid::Uuid::new_v8(bytes).hyphenated().to_string()
+}
+
+/// Moves a file whole to `rejected/` with a `.reason` sidecar; never deletes it. Returns whether
+/// it was moved (if not, it stays in place and the caller skips it until restart).
+fn quarantine(path: &Path, reason: &str) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
     let rejected = dir.join(REJECTED_DIR);
     let result = (|| -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&rejected)?;
         let mut target = rejected.join(name);
-        if target.exists() {
-            target = rejected.join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
+        if target.symlink_metadata().is_ok() {
+            let mut unique = name.to_owned();
+            unique.push(format!(".{}", uuid::Uuid::new_v4().simple()));
+            target = rejected.join(unique);
         }
-        let target_name = target.file_name().and_then(|n| n.to_str()).unwrap_or(name).to_owned();
+        std::fs::rename(path, &target)?;
+        let mut sidecar_name = target.file_name().expect("a file name").to_owned();
+        sidecar_name.push(".reason");
         let mut sidecar = tempfile::NamedTempFile::new_in(&rejected)?;
         writeln!(sidecar, "{reason}")?;
         sidecar.as_file().sync_all()?;
-        sidecar.persist(rejected.join(format!("{target_name}.reason"))).map_err(|e| e.error)?;
-        std::fs::rename(path, &target)?;
+        sidecar.persist(rejected.join(sidecar_name)).map_err(|e| e.error)?;
         std::fs::File::open(&rejected)?.sync_all()?;
         Ok(target)
     })();
     match result {
         Ok(target) => {
-            warn!(file = %path.display(), moved_to = %target.display(), %reason, "spool file rejected")
+            warn!(file = %path.display(), moved_to = %target.display(), %reason, "spool file rejected");
+            true
         }
         Err(e) => {
-            error!(file = %path.display(), error = %e, %reason, "spool file is invalid and cannot be moved to rejected/; it stays in place")
+            error!(file = %path.display(), error = %e, %reason, "spool file is invalid and cannot be moved to rejected/; it stays in place until restart");
+            false
         }
     }
 }
@@ -324,6 +394,25 @@ mod tests {
             ("other.txt", false),
         ] {
             assert_eq!(is_spool_file(name), read, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_arrivals_wake_a_scan() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+        use notify::EventKind;
+        for (kind, wakes) in [
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (EventKind::Remove(RemoveKind::File), false),
+            (EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)), false),
+            (EventKind::Other, true),
+        ] {
+            assert_eq!(is_arrival(&kind), wakes, "{kind:?}");
         }
     }
 

@@ -22,14 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::warn;
 
 use super::record::{Record, State};
 use crate::event::{Event, EventAction, RoutingKey};
 
+/// sled's page cache, in bytes.
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most requests folded into one group commit.
 const MAX_GROUP: usize = 8192;
 /// Requests waiting for the committer before senders wait (backpressure).
-const CHANNEL_DEPTH: usize = 65_536;
+const CHANNEL_DEPTH: usize = 16_384;
 
 /// Why the store could not do what was asked. Cloneable: one failed group commit fails every
 /// request in it.
@@ -209,7 +212,11 @@ fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<Option<u64>, StoreError> {
 /// has some on damaged files) into [`StoreError::Damaged`].
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let p = path.to_owned();
-    let opened = std::panic::catch_unwind(move || sled::Config::new().path(&p).open());
+    // No background flusher: the committer flushes each group itself, and an idle daemon should
+    // not wake up twice a second. A bounded page cache keeps memory small.
+    let opened = std::panic::catch_unwind(move || {
+        sled::Config::new().path(&p).flush_every_ms(None).cache_capacity(SLED_CACHE_BYTES).open()
+    });
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(io)))
@@ -220,7 +227,10 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
         Ok(Err(e @ sled::Error::Corruption { .. })) => {
             Err(StoreError::Damaged { path: path.to_owned(), detail: format!("sled reports {e}") })
         }
-        Ok(Err(e)) => Err(StoreError::from(e)),
+        Ok(Err(e)) => Err(match StoreError::from(e) {
+            StoreError::Io(text) => StoreError::Io(format!("{}: {text}", path.display())),
+            other => other,
+        }),
         Err(_) => Err(StoreError::Damaged { path: path.to_owned(), detail: "sled could not read it".into() }),
     }
 }
@@ -409,8 +419,11 @@ struct Inner {
     tree: sled::Tree,
     db: sled::Db,
     path: PathBuf,
-    /// Senders to the committer thread; taken (and so closed) by [`Store::close`].
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    /// Senders to the committer thread (inserts, or `None` to wake it); taken (and so closed)
+    /// by [`Store::close`].
+    tx: Mutex<Option<mpsc::Sender<Option<Request>>>>,
+    /// Requests that go ahead of queued inserts.
+    priority: Mutex<Vec<Request>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Woken after each group commit that stored new events, for the dispatcher.
     queued: Notify,
@@ -500,7 +513,7 @@ impl Store {
     /// Errors: [`StoreError::Locked`] when a running daemon holds it; [`StoreError::Corrupt`]
     /// when sled finds damage; [`StoreError::Io`] otherwise.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path)?;
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
         let db = open_sled(path)?;
         let tree = db.open_tree("queue")?;
         let db_file = File::open(path.join("db"))?;
@@ -533,6 +546,7 @@ impl Store {
             db,
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
+            priority: Mutex::new(Vec::new()),
             committer: Mutex::new(None),
             queued: Notify::new(),
             syncs: AtomicU64::new(0),
@@ -628,10 +642,22 @@ impl Store {
     }
 
     /// Hands a request to the committer; waits only for room in its channel.
+    /// Inserts queue in order behind other inserts (and wait for room: backpressure); every
+    /// other request (delivery outcomes, operators' changes) goes ahead of them, so that a flood
+    /// of intake never stalls delivery.
     async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<Reply, StoreError>>, StoreError> {
         let tx = self.inner.tx.lock().expect("sender lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        let request = Request { op, reply };
+        if matches!(request.op, Op::Insert(_)) {
+            tx.send(Some(request)).await.map_err(|_| StoreError::Closed)?;
+        } else {
+            self.inner.priority.lock().expect("priority lock").push(request);
+            // A wake-up; if the channel is full the committer is busy and looks here next.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(None) {
+                return Err(StoreError::Closed);
+            }
+        }
         Ok(rx)
     }
 
@@ -811,15 +837,38 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// The committer thread: group, write, flush, fsync, answer.
-fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mut rx: mpsc::Receiver<Request>) {
+fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mut rx: mpsc::Receiver<Option<Request>>) {
     let mut synced_blobs: HashSet<OsString> = HashSet::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+    let take_priority = || std::mem::take(&mut *inner.priority.lock().expect("priority lock"));
+    loop {
+        let mut group = take_priority();
+        if group.is_empty() {
+            match rx.blocking_recv() {
+                Some(Some(first)) => group.push(first),
+                Some(None) => {}
+                None => {
+                    // Closed: a last round for anything that slipped in, then stop.
+                    group = take_priority();
+                    if group.is_empty() {
+                        break;
+                    }
+                }
+            }
+            group.append(&mut take_priority());
+        }
+        let mut inserts = 0;
+        while inserts < MAX_GROUP {
             match rx.try_recv() {
-                Ok(req) => group.push(req),
+                Ok(Some(req)) => {
+                    group.push(req);
+                    inserts += 1;
+                }
+                Ok(None) => group.append(&mut take_priority()),
                 Err(_) => break,
             }
+        }
+        if group.is_empty() {
+            continue;
         }
         let mut batch = sled::Batch::default();
         let mut written: HashMap<u64, Record> = HashMap::new();
@@ -945,7 +994,7 @@ fn prepare_insert(
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
     let mut accepted = Vec::with_capacity(events.len());
-    for new in events {
+    for mut new in events {
         if window > 0 {
             if let Some(open) = repeated_trigger(inner, &new.event, now, window, alerts)? {
                 accepted.push(Accepted { id: open.event_id, seq: 0, dedup_key: Some(open.dedup_key) });
@@ -961,16 +1010,24 @@ fn prepare_insert(
                 let seq = u64::from_be_bytes(
                     seq.as_ref().try_into().map_err(|_| StoreError::Corrupt(format!("id index for {id}")))?,
                 );
-                let dedup_key = match inner.tree.get(key(b'e', seq))? {
-                    Some(bytes) => Record::decode(&bytes)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                        .event
-                        .dedup_key()
-                        .map(str::to_owned),
-                    None => new.event.dedup_key().map(str::to_owned),
+                let earlier = match inner.tree.get(key(b'e', seq))? {
+                    Some(bytes) => Record::decode(&bytes).ok(),
+                    None => None,
                 };
-                accepted.push(Accepted { id: id.clone(), seq, dedup_key });
-                continue;
+                if let Some(earlier) = earlier.filter(|r| r.event == new.event) {
+                    // The same event handed over again (a file read twice): stored once.
+                    accepted.push(Accepted {
+                        id: id.clone(),
+                        seq,
+                        dedup_key: earlier.event.dedup_key().map(str::to_owned),
+                    });
+                    continue;
+                }
+                // A different event reusing an id: never drop it; store it under a new id.
+                warn!(id = %id, "an event reused an id already stored for a different event; stored under a new id");
+                let mut renamed = new;
+                renamed.id = None;
+                new = renamed;
             }
         }
         let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
