@@ -3,6 +3,7 @@
 mod fake_api;
 mod forwarder;
 mod nagios;
+mod regressions;
 mod reliability;
 mod socket_admin;
 mod support;

@@ -364,3 +364,32 @@ fn a_damaged_queue_refuses_to_start_and_salvage_recovers_what_it_can() {
         wait_until("recovered events delivered", WAIT, || env.fake.accepted().len() as u64 >= recovered);
     }
 }
+
+#[test]
+fn ten_thousand_files_dropped_at_once_with_a_tiny_inotify_queue_are_all_delivered() {
+    const KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let Ok(before) = std::fs::read_to_string(KNOB) else {
+        eprintln!("SKIPPED: no {KNOB}");
+        return;
+    };
+    let env = TestEnv::with_config("[pagerduty]\nconcurrency = 32\n");
+    // The limit applies to inotify instances created while it is set: only this daemon's.
+    if std::fs::write(KNOB, "16").is_err() {
+        // SAFETY: geteuid has no preconditions.
+        assert!(unsafe { libc::geteuid() } != 0, "root must be able to set {KNOB}");
+        eprintln!("SKIPPED: setting {KNOB} needs root");
+        return;
+    }
+    let d = env.start();
+    std::fs::write(KNOB, before.trim()).unwrap();
+    let rk = routing_key(47);
+    let total = 10_000u64;
+    for n in 0..total {
+        env.drop_file(&format!("f{n:05}.json"), &numbered(&rk, n));
+    }
+    wait_until("all 10,000 files delivered", Duration::from_secs(300), || {
+        delivered_numbers(&env).into_iter().collect::<HashSet<u64>>().len() == total as usize
+    });
+    wait_until("spool empty", WAIT, || env.spool_files().is_empty());
+    drop(d);
+}
