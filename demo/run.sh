@@ -34,7 +34,7 @@ mv demo/state/spool/.load.json.tmp demo/state/spool/load.json
 
 for _ in $(seq 100); do [ "$(wc -l < demo/state/received.log)" -ge 2 ] && break; sleep 0.1; done
 echo
-echo "The receiver got:"
+echo "The receiver got (receive time, endpoint, body):"
 cat demo/state/received.log
 [ "$(wc -l < demo/state/received.log)" -ge 2 ] || { echo "missing events; daemon log:"; cat demo/state/daemon.log; exit 1; }
 if [ "${KEEP:-}" = 1 ]; then

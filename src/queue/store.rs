@@ -1296,6 +1296,9 @@ mod tests {
             .await
             .unwrap();
         assert!(store.sync_count() > syncs, "acknowledged before a sync");
+        // The commit mark names the commit that holds them, before the answer came back.
+        let mark = CommitMark::open(&dir.path().join("q")).unwrap().read().unwrap().unwrap();
+        assert_eq!(Some(mark), read_u64(&store.inner.tree, &meta_key(b"commit")).unwrap());
         assert!(a[0].seq < a[1].seq);
         let again = store
             .insert(vec![NewEvent { id: Some("fixed".into()), intake: "spool", event: event("a") }])

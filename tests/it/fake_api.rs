@@ -63,6 +63,8 @@ struct State {
     down: bool,
     /// Print each accepted event to stdout (the demo receiver).
     print: bool,
+    /// Answer 429 with this Retry-After (seconds) until this instant (benchmarks).
+    throttle: Option<(Instant, u64)>,
 }
 
 /// Handle on a running fake.
@@ -131,6 +133,12 @@ impl FakeApi {
         self.state.lock().unwrap().chaos = None;
     }
 
+    /// Until `until`, every request gets 429 with `Retry-After: retry_after_s` (pauses the
+    /// routing key in pdrelay: a way to build a backlog without retry traffic).
+    pub fn throttle_until(&self, until: Instant, retry_after_s: u64) {
+        self.state.lock().unwrap().throttle = Some((until, retry_after_s));
+    }
+
     /// While down, every request gets 503.
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
@@ -178,6 +186,11 @@ fn routing_key_of(body: &Value) -> Option<String> {
 fn take_fault(state: &mut State, routing_key: Option<&str>) -> Option<Fault> {
     if state.down {
         return Some(Fault::Status(503));
+    }
+    if let Some((until, after)) = state.throttle {
+        if Instant::now() < until {
+            return Some(Fault::TooMany(Some(after)));
+        }
     }
     let pos = state.faults.iter().position(|(filter, _)| filter.is_none() || filter.as_deref() == routing_key);
     if let Some(i) = pos {
@@ -334,7 +347,8 @@ async fn handle(
         ));
     }
     if s.print {
-        println!("{path} {body}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        println!("{:.6} {path} {body}", now.as_secs_f64());
     }
     s.accepted.push(Received { path, body, at: Instant::now() });
     if cut_off {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# pdrelay benchmarks: one command, figures printed as a table (and bench/results.json).
+#   bench/run.sh          full run (1,000,000 pending; about 5 minutes on 2 cores)
+#   QUICK=1 bench/run.sh  smaller counts (about 1 minute)
+# Everything runs on this machine: the daemon (release build), the receiver (the tests' fake
+# Events API, release build) on 127.0.0.1, and Python clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin pdrelay --example receiver
+T="${CARGO_TARGET_DIR:-target}/release"
+B="$T/pdrelay"
+W=$(mktemp -d /tmp/pdrelay-bench.XXXXXX)
+PORT=${PORT:-18799}
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+if [ -n "${QUICK:-}" ]; then INTAKE=50000; PENDING=200000; DRAIN=20000; SENDS=50; else INTAKE=200000; PENDING=1000000; DRAIN=100000; SENDS=200; fi
+RESULTS="$W/results"
+
+config() { # $1 = name, $2 = max_pending
+  mkdir -p "$W/$1/spool"
+  cat > "$W/$1/config.toml" <<CONF
+state_dir = "$W/$1/state"
+log_level = "warn"
+[queue]
+max_pending = $2
+min_free_bytes = 0
+[ingest]
+socket = "$W/$1/run/pdrelay.sock"
+admin_socket = "$W/$1/run/admin.sock"
+spool_dirs = ["$W/$1/spool"]
+rescan_interval = "10s"
+[pagerduty]
+events_url = "http://127.0.0.1:$PORT"
+concurrency = 64
+CONF
+}
+receiver() { # args: extra receiver args
+  "$T/examples/receiver" "127.0.0.1:$PORT" "$@" > "$W/received.log" 2>/dev/null & PIDS+=($!); RECV=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+}
+daemon() { # $1 = name
+  "$B" daemon --config "$W/$1/config.toml" 2> "$W/$1/daemon.log" & PIDS+=($!); DPID=$!
+  for _ in $(seq 200); do [ -S "$W/$1/run/pdrelay.sock" ] && break; sleep 0.05; done
+}
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
+wakeups() { # context switches of all the daemon's threads
+  cat /proc/"$1"/task/*/status | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s+=$2} END {print s}'
+}
+say() { echo "$1" | tee -a "$RESULTS"; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+
+# 1. Idle: resident memory and wake-ups with an empty queue.
+config idle 1000000; receiver; daemon idle; sleep 2
+w0=$(wakeups $DPID); sleep 10; w1=$(wakeups $DPID)
+say "idle_rss_kb $(kb $DPID VmRSS)"
+say "idle_wakeups_per_s $(awk -v a=$w0 -v b=$w1 'BEGIN {printf "%.1f", (b-a)/10}')"
+
+# 2. Latency with an idle queue: socket line and spool file to the receiver.
+say "latency_socket $(python3 bench/latency.py socket "$W/idle/run/pdrelay.sock" "$W/received.log" 200)"
+say "latency_spool $(python3 bench/latency.py spool "$W/idle/spool" "$W/received.log" 200)"
+
+# 3. pdrelay send as a process per event (a Nagios notification command), daemon listening.
+start=$(date +%s.%N)
+for i in $(seq $SENDS); do "$B" send --config "$W/idle/config.toml" -q -k R0000000000000000000000000000007 -t trigger -d "send $i"; done
+end=$(date +%s.%N)
+say "send_ms_per_event $(awk -v a=$start -v b=$end -v n=$SENDS 'BEGIN {printf "%.2f", (b-a)*1000/n}')"
+stop $DPID; stop $RECV
+
+# 4. Durable socket intake: pipelined on 4 connections, each "ok" after its group commit.
+#    The receiver throttles (429, Retry-After 1 h) so deliveries pause and do not compete.
+config intake 10000000; receiver throttle 3600; daemon intake
+say "socket_intake $(python3 bench/client.py "$W/intake/run/pdrelay.sock" $INTAKE 4 100)"
+stop $DPID
+
+# 5. A large backlog with PagerDuty away: peak memory, disk per event, refusal past the limit.
+config pending $PENDING; daemon pending
+say "pending_intake $(python3 bench/client.py "$W/pending/run/pdrelay.sock" $PENDING 4 100)"
+say "pending_rss_kb $(kb $DPID VmRSS)"
+say "pending_peak_rss_kb $(kb $DPID VmHWM)"
+say "pending_disk_bytes_per_event $(( $(du -sb "$W/pending/state" | cut -f1) / PENDING ))"
+say "past_limit $(python3 bench/client.py "$W/pending/run/pdrelay.sock" 4 1 100 | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_error"])')"
+stop $DPID; stop $RECV; rm -rf "$W/pending" "$W/intake"
+
+# 6. Spool intake: files dropped by a producer (rename into place), 429-paused receiver.
+config spool 10000000; receiver throttle 3600; daemon spool
+python3 - "$W/spool/spool" "$((INTAKE / 10))" > "$W/spool.json" <<'PY'
+import json, os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+start = time.monotonic()
+for i in range(n):
+    tmp = os.path.join(d, ".f%d.tmp" % i)
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"routing_key": "R%031d" % (i % 100), "event_action": "trigger",
+                            "payload": {"summary": "file %d" % i, "source": "b", "severity": "info"}}))
+    os.rename(tmp, os.path.join(d, "f%d.json" % i))
+while any(not x.startswith(".") and x.endswith(".json") for x in os.listdir(d)):
+    time.sleep(0.01)
+took = time.monotonic() - start
+print(json.dumps({"files": n, "seconds": round(took, 3), "per_second": round(n / took)}))
+PY
+say "spool_intake $(cat "$W/spool.json")"
+stop $DPID; stop $RECV
+
+# 7. Drain: a backlog over 100 routing keys, held by 429s for 15 s, then delivered to the receiver.
+config drain 10000000; receiver throttle 15; daemon drain
+python3 bench/client.py "$W/drain/run/pdrelay.sock" $DRAIN 4 100 > /dev/null
+for _ in $(seq 600); do [ "$(grep -c enqueue "$W/received.log")" -ge $DRAIN ] && break; sleep 0.5; done
+say "drain $(python3 - "$W/received.log" <<'PY'
+import json, sys
+t = [float(l.split(" ", 1)[0]) for l in open(sys.argv[1]) if " /v2/" in l]
+print(json.dumps({"events": len(t), "seconds": round(t[-1] - t[0], 3), "per_second": round(len(t) / (t[-1] - t[0]))}))
+PY
+)"
+stop $DPID; stop $RECV
+cp "$RESULTS" bench/results.txt 2>/dev/null || true
+echo "results in bench/results.txt"
