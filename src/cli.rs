@@ -13,6 +13,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "PDRELAY_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Print what pdagent's tools printed (`Event processed. Incident Key: ...`, pd-queue's
+    /// tables); the pd-send, pd-nagios, pd-zabbix, pd-sensu and pd-queue wrappers pass it.
+    #[arg(long = "pdagent-output", global = true, hide = true)]
+    pub pdagent_output: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -27,6 +32,12 @@ pub enum Command {
     Send(Box<SendArgs>),
     /// A Nagios/Icinga notification command; accepts pd-nagios's flags.
     Nagios(NagiosArgs),
+    /// A Zabbix media-type script: pd-zabbix's arguments, KEY SUBJECT BODY.
+    Zabbix(ZabbixArgs),
+    /// A Sensu pipe handler: pd-sensu's flags; reads the check result (JSON) on standard input.
+    Sensu(SensuArgs),
+    /// Import the events left in pdagent's queue directory, renaming each file once it is stored.
+    ImportPdagent(ImportPdagentArgs),
     /// Alerts this host has open in PagerDuty (triggered or acknowledged, not resolved).
     Alerts {
         /// Print JSON instead of a table.
@@ -50,7 +61,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Counts by state and routing key, oldest pending age, paused keys, last success and error.
-    Status,
+    Status {
+        /// Only this routing key's counts and pauses (in full, or its first characters).
+        #[arg(long = "routing-key", short = 'k', visible_alias = "service-key")]
+        routing_key: Option<String>,
+    },
     /// List events, oldest first.
     List {
         /// Only events in this state.
@@ -74,10 +89,10 @@ pub enum QueueCommand {
         /// One event, by id.
         id: Option<String>,
         /// Every failed event.
-        #[arg(long, short = 'a')]
+        #[arg(long, short = 'a', visible_alias = "all-keys")]
         all: bool,
         /// Failed events of this routing key.
-        #[arg(long = "routing-key", short = 'k')]
+        #[arg(long = "routing-key", short = 'k', visible_alias = "service-key")]
         routing_key: Option<String>,
     },
     /// Rebuild a damaged queue from what can be read (daemon stopped); the damaged one is kept.
@@ -137,6 +152,9 @@ pub struct SendArgs {
     /// A custom detail, KEY=VALUE; repeatable.
     #[arg(short = 'f', long = "field", value_name = "KEY=VALUE")]
     pub fields: Vec<String>,
+    /// pd-send's context: link:href=URL[,text=TEXT] or image:src=URL[,href=URL][,alt=TEXT]; repeatable.
+    #[arg(short = 'x', long = "context", value_name = "TYPE:KEY=VALUE,...")]
+    pub contexts: Vec<String>,
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -194,4 +212,54 @@ pub struct NagiosArgs {
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+}
+
+/// `pdrelay zabbix`: pd-zabbix's three arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ZabbixArgs {
+    /// Routing (integration) key, {ALERT.SENDTO}; empty: pagerduty.default_routing_key.
+    #[arg(value_name = "KEY")]
+    pub routing_key: String,
+    /// {ALERT.SUBJECT}: trigger, acknowledge or resolve (anything else: the body's status decides).
+    #[arg(value_name = "SUBJECT", allow_hyphen_values = true)]
+    pub subject: String,
+    /// {ALERT.MESSAGE}: name:value lines (name, id, status, hostname, ip, value, event_id, severity,
+    /// url, incident_key).
+    #[arg(value_name = "BODY", allow_hyphen_values = true)]
+    pub body: String,
+    /// Events API version.
+    #[arg(long, value_enum, default_value = "v2")]
+    pub api: ApiVersion,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `pdrelay sensu`: pd-sensu's flags.
+#[derive(Debug, Clone, Args)]
+pub struct SensuArgs {
+    /// Routing (integration) key [default: pagerduty.default_routing_key].
+    #[arg(short = 'k', long = "integration-key", visible_aliases = ["routing-key", "service-key"], value_name = "KEY")]
+    pub routing_key: Option<String>,
+    /// Dedup (incident) key to use instead of `<client name>/<check name>`.
+    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
+    pub dedup_key: Option<String>,
+    /// Events API version.
+    #[arg(long, value_enum, default_value = "v2")]
+    pub api: ApiVersion,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `pdrelay import-pdagent`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportPdagentArgs {
+    /// pdagent's queue directory [default: /var/lib/pdagent/outqueue/pdq, or
+    /// /var/lib/pdagent/outqueue for pdagent versions that kept pdq_*.txt files there].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Check and list what would be imported; store and rename nothing.
+    #[arg(long = "dry-run", short = 'n')]
+    pub dry_run: bool,
 }

@@ -40,6 +40,42 @@ pub struct ConfigFile {
     pub nagios: NagiosSection,
     /// Bounds on the queue.
     pub queue: QueueSection,
+    /// The local Events API endpoint (off unless `listen` is set).
+    pub http: HttpSection,
+}
+
+/// `[http]`: a local HTTP listener that answers the PagerDuty Events API with store-and-forward.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// `IP:PORT` to listen on, e.g. "127.0.0.1:8765"; empty (the default) turns the listener off.
+    pub listen: String,
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: PathBuf,
+    /// Client addresses allowed to connect (IPs or CIDRs); empty allows any. Required, with TLS,
+    /// when `listen` is not a loopback address.
+    pub allow: Vec<String>,
+    /// Most connections served at once; more get a 503 and are closed.
+    pub max_connections: usize,
+    /// A request's headers, and then its body, must each arrive within this long; an idle
+    /// keep-alive connection is closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            allow: Vec::new(),
+            max_connections: 256,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[queue]`
@@ -195,6 +231,7 @@ impl Default for ConfigFile {
             retention: RetentionSection::default(),
             nagios: NagiosSection::default(),
             queue: QueueSection::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -293,6 +330,10 @@ pub struct Config {
     pub socket_gid: Option<u32>,
     /// The Nagios mapping tables, merged over the defaults.
     pub nagios: NagiosSettings,
+    /// `http.listen`, parsed; `None` when the listener is off.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// `http.allow`, parsed.
+    pub http_allow: Vec<crate::http::AllowEntry>,
 }
 
 impl Config {
@@ -465,6 +506,7 @@ impl Config {
                 file.log_level
             ));
         }
+        let (http_listen, http_allow) = check_http(&file.http, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
         }
@@ -479,6 +521,8 @@ impl Config {
             file,
             socket_gid,
             nagios,
+            http_listen,
+            http_allow,
         })
     }
 
@@ -486,6 +530,56 @@ impl Config {
     pub fn queue_path(&self) -> PathBuf {
         self.file.state_dir.join("queue")
     }
+}
+
+/// Checks `[http]`: the listen address, the TLS pair and the allow-list, and the rule that a
+/// listener off loopback needs both TLS and an allow-list. The certificate and key files are read
+/// when the daemon starts, not here (`send` and `nagios` read this config too, as users who may
+/// not be able to read the key).
+fn check_http(
+    http: &HttpSection,
+    problems: &mut Vec<String>,
+) -> (Option<std::net::SocketAddr>, Vec<crate::http::AllowEntry>) {
+    let mut allow = Vec::new();
+    for entry in &http.allow {
+        match crate::http::AllowEntry::parse(entry) {
+            Some(e) => allow.push(e),
+            None => problems.push(format!(
+                "http.allow: {entry:?} is not an IP address or CIDR block (such as \"10.0.0.0/8\" or \"fd00::/8\")"
+            )),
+        }
+    }
+    if http.max_connections == 0 {
+        problems.push("http.max_connections: must be at least 1".to_owned());
+    }
+    if http.request_timeout < Duration::from_millis(100) {
+        problems.push("http.request_timeout: must be at least 100ms".to_owned());
+    }
+    let cert = !http.tls_cert.as_os_str().is_empty();
+    let key = !http.tls_key.as_os_str().is_empty();
+    if cert != key {
+        problems.push("http.tls_cert, http.tls_key: set both (HTTPS) or neither (plain HTTP)".to_owned());
+    }
+    if http.listen.is_empty() {
+        return (None, allow);
+    }
+    let listen = match http.listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            problems.push(format!(
+                "http.listen: must be IP:PORT such as \"127.0.0.1:8765\" or \"[::1]:8765\" (got {:?})",
+                http.listen
+            ));
+            return (None, allow);
+        }
+    };
+    if !listen.ip().is_loopback() && (!(cert && key) || http.allow.is_empty()) {
+        problems.push(format!(
+            "http.listen: {listen} is not a loopback address: listening there needs http.tls_cert and \
+             http.tls_key (HTTPS) and a non-empty http.allow list of client addresses"
+        ));
+    }
+    (Some(listen), allow)
 }
 
 /// The id of group `name` (or a number), from the system's group database.
@@ -539,11 +633,51 @@ mod tests {
                 vec!["initial_interval", "max_interval", "multiplier", "randomization_factor", "max_retry_after"],
             ),
             ("mapping", vec!["default_source", "default_severity", "drop_repeated_triggers"]),
+            ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
         ] {
             for key in keys {
                 assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");
             }
         }
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_loopback_needs_no_tls() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.http_listen, None);
+        let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:8765\"\n").unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:8765".parse().unwrap()));
+        let c = Config::from_toml("[http]\nlisten = \"[::1]:0\"\nallow = [\"127.0.0.1\", \"::1/128\"]\n").unwrap();
+        assert_eq!(c.http_allow.len(), 2);
+    }
+
+    #[test]
+    fn http_off_loopback_needs_tls_and_an_allow_list() {
+        for text in [
+            "[http]\nlisten = \"0.0.0.0:8765\"\n",
+            "[http]\nlisten = \"0.0.0.0:8765\"\nallow = [\"10.0.0.0/8\"]\n",
+            "[http]\nlisten = \"192.0.2.1:8765\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains("http.listen") && err.contains("not a loopback address"), "{text}: {err}");
+        }
+        let c = Config::from_toml(
+            "[http]\nlisten = \"0.0.0.0:8765\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nallow = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.http_listen, Some("0.0.0.0:8765".parse().unwrap()));
+    }
+
+    #[test]
+    fn http_bad_values_are_reported() {
+        let err = Config::from_toml(
+            "[http]\nlisten = \"localhost\"\nallow = [\"10.0.0.0/33\", \"web1\"]\ntls_cert = \"/c.pem\"\nmax_connections = 0\nrequest_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems } = err else { panic!("expected Invalid") };
+        assert_eq!(problems.len(), 6, "{problems:?}");
+        let err = Config::from_toml("[http]\nport = 8765\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

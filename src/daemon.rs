@@ -1,8 +1,9 @@
 //! The daemon: opens the queue, starts the intake channels and delivery, and owns shutdown.
 //!
 //! Start order: store (takes sled's lock: a second daemon on the same state dir stops here),
-//! socket bind, then spool, socket and delivery tasks. Stop order: intake first (no new events),
-//! then delivery (in-flight requests get `shutdown_timeout`), then the committer's last flush.
+//! HTTP listener bind (when `[http] listen` is set), socket bind, then spool, socket, HTTP and
+//! delivery tasks. Stop order: intake first (no new events), then delivery (in-flight requests get
+//! `shutdown_timeout`), then the committer's last flush.
 
 use std::future::Future;
 
@@ -11,6 +12,7 @@ use tracing::{error, info};
 use crate::admin;
 use crate::config::Config;
 use crate::delivery::worker::{self, DeliverySettings};
+use crate::http::{self, HttpSettings};
 use crate::intake::{socket, spool, Shutdown};
 use crate::pagerduty::client::EventsClient;
 use crate::queue::store::{Store, StoreError};
@@ -32,6 +34,9 @@ pub enum DaemonError {
     /// The HTTP client could not be built (TLS set-up).
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The local Events API listener could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 /// Runs the daemon until `stop` completes. `ready` is called once the store is open and the
@@ -60,6 +65,14 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let file = &config.file;
     let client = EventsClient::new(&config.events_url, file.pagerduty.connect_timeout, file.pagerduty.request_timeout)?;
+    // Bound before the socket, so that once the socket answers, state_dir/http.addr is current.
+    let http_listener = match HttpSettings::from_config(config) {
+        Some(settings) => Some((http::bind(&settings).await?, settings)),
+        None => {
+            let _ = std::fs::remove_file(file.state_dir.join(http::ADDR_FILE));
+            None
+        }
+    };
     let listener = socket::bind(&file.ingest.socket, config.socket_mode, config.socket_gid)
         .map_err(|source| DaemonError::Socket { path: file.ingest.socket.clone(), source })?;
     let admin_listener = socket::bind(&file.ingest.admin_socket, 0o600, None)
@@ -88,6 +101,8 @@ async fn serve(
         defaults: config.defaults.clone(),
     };
     let socket_task = tokio::spawn(socket::run(listener, socket_settings, store.clone(), shutdown.clone()));
+    let http_task = http_listener
+        .map(|(listener, settings)| tokio::spawn(http::run(listener, settings, store.clone(), shutdown.clone())));
     let admin_task =
         tokio::spawn(admin::serve(admin_listener, file.ingest.admin_socket.clone(), store.clone(), shutdown.clone()));
     let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
@@ -113,6 +128,9 @@ async fn serve(
     let _ = trigger.send(true);
     let _ = spool_task.await;
     let _ = socket_task.await;
+    if let Some(http_task) = http_task {
+        let _ = http_task.await;
+    }
     let _ = admin_task.await;
     let _ = retention_task.await;
     let delivery_result = match delivery_result {

@@ -13,7 +13,7 @@
 //! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
-//! [`cli`] (arguments).
+//! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments).
 
 pub mod admin;
 pub mod cli;
@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
+pub mod http;
 pub mod intake;
 pub mod pagerduty;
 pub mod queue;

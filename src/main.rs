@@ -6,14 +6,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pdrelay::admin::{self, AdminError, AdminRequest, RetryTarget};
-use pdrelay::cli::{Cli, Command, NagiosArgs, QueueCommand};
+use pdrelay::admin::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
+use pdrelay::cli::{Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, SendArgs, SensuArgs, ZabbixArgs};
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
-use pdrelay::intake::nagios;
+use pdrelay::event::{Event, MAX_REQUEST_BYTES};
+use pdrelay::intake::{nagios, pdagent, sensu, zabbix};
 use pdrelay::send::{self, Handed, SendError};
 
 /// Exit code of a daemon that refuses a damaged queue.
 const EXIT_DAMAGED: u8 = 3;
+
+/// What a command that stores one event prints on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// `id=<id> dedup_key=<key>`.
+    Pdrelay,
+    /// pd-send's and pd-nagios's `Event processed. Incident Key: <key>`.
+    PdagentKey,
+    /// Nothing, as pd-zabbix and pd-sensu.
+    Silent,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,23 +38,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let pdagent_output = cli.pdagent_output;
+    let key_output = if pdagent_output { Output::PdagentKey } else { Output::Pdrelay };
+    let silent_output = if pdagent_output { Output::Silent } else { Output::Pdrelay };
     match cli.command {
         Command::CheckConfig => {
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
-        Command::Send(args) => report_sent(send::send(&args, &config), args.quiet, "pdrelay send"),
+        Command::Send(args) => run_send(&config, &args, key_output),
         Command::Daemon => run_daemon(config),
-        Command::Nagios(args) => run_nagios(&config, &args),
-        Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts"),
-        Command::Queue { json, command } => run_queue(&config, command, json),
+        Command::Nagios(args) => run_nagios(&config, &args, key_output),
+        Command::Zabbix(args) => run_zabbix(&config, &args, silent_output),
+        Command::Sensu(args) => run_sensu(&config, &args, silent_output),
+        Command::ImportPdagent(args) => run_import(&config, &args),
+        Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts", false),
+        Command::Queue { json, command } => run_queue(&config, command, json, pdagent_output),
     }
 }
 
-fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
+fn run_queue(config: &Config, command: QueueCommand, json: bool, pdagent_output: bool) -> ExitCode {
+    let pd_queue_retry = pdagent_output && matches!(command, QueueCommand::Retry { .. });
     let request = match command {
         QueueCommand::Salvage => return run_salvage(config, json),
-        QueueCommand::Status => AdminRequest::Status,
+        QueueCommand::Status { routing_key } => {
+            return run_status(config, routing_key.as_deref(), json, pdagent_output);
+        }
         QueueCommand::List { state, routing_key, limit } => AdminRequest::List { state, routing_key, limit },
         QueueCommand::Show { id } => AdminRequest::Show { id },
         QueueCommand::Retry { id, all, routing_key } => AdminRequest::Retry {
@@ -56,7 +77,42 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
             AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) }
         }
     };
-    run_admin(config, request, json, "pdrelay queue")
+    run_admin(config, request, json, "pdrelay queue", pd_queue_retry)
+}
+
+/// `queue status`, narrowed to one routing key when asked; pd-queue's table with
+/// `--pdagent-output`.
+fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_output: bool) -> ExitCode {
+    let mut report = match admin::call(config, AdminRequest::Status) {
+        Ok(AdminAnswer::Status(report)) => report,
+        Ok(other) => {
+            eprintln!("pdrelay queue: unexpected answer to status: {other:?}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("pdrelay queue: {e}");
+            return ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 });
+        }
+    };
+    if let Some(key) = routing_key {
+        pdagent::filter_status(&mut report, key);
+    }
+    if json {
+        let answer = AdminAnswer::Status(report);
+        println!("{}", serde_json::to_string_pretty(&answer).expect("answers serialize"));
+    } else if pdagent_output {
+        print!("{}", pdagent::render_pd_queue_status(&report));
+    } else {
+        print!("{}", admin::render(&AdminAnswer::Status(report)));
+        if let Some(key) = routing_key {
+            let shown: String = key.chars().take(6).collect();
+            println!(
+                "\n(counts and pauses of routing key {shown}… only; oldest pending, last success and last error are \
+                 the whole queue's)"
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_salvage(config: &Config, json: bool) -> ExitCode {
@@ -93,11 +149,13 @@ fn run_salvage(config: &Config, json: bool) -> ExitCode {
     }
 }
 
-fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str) -> ExitCode {
+fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str, pd_queue_retry: bool) -> ExitCode {
     match admin::call(config, request) {
         Ok(answer) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer).expect("answers serialize"));
+            } else if let (true, AdminAnswer::Changed(n)) = (pd_queue_retry, &answer) {
+                println!("{}", pdagent::pd_queue_retry_line(*n));
             } else {
                 print!("{}", admin::render(&answer));
             }
@@ -110,7 +168,97 @@ fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str) -> 
     }
 }
 
-fn run_nagios(config: &Config, args: &NagiosArgs) -> ExitCode {
+fn run_send(config: &Config, args: &SendArgs, output: Output) -> ExitCode {
+    let result = if args.contexts.is_empty() { send::send(args, config) } else { send_with_contexts(args, config) };
+    report_sent(result, args.quiet, "pdrelay send", output)
+}
+
+/// `send` with pd-send's `-x/--context` flags, added to the event before it is validated.
+fn send_with_contexts(args: &SendArgs, config: &Config) -> Result<send::Sent, SendError> {
+    let contexts = args.contexts.iter().map(|c| pdagent::parse_context(c)).collect::<Result<Vec<_>, _>>()?;
+    let mut value = send::event_json(args)?;
+    pdagent::apply_contexts(&mut value, &contexts)?;
+    let event = Event::from_value(value, &config.defaults)?;
+    send::hand_over(&event, config)
+}
+
+fn run_zabbix(config: &Config, args: &ZabbixArgs, output: Output) -> ExitCode {
+    let alert =
+        zabbix::Alert { routing_key: args.routing_key.clone(), subject: args.subject.clone(), body: args.body.clone() };
+    let result = zabbix::map(&alert, args.api, &config.defaults)
+        .map_err(SendError::from)
+        .and_then(|event| send::hand_over(&event, config));
+    report_sent(result, args.quiet, "pdrelay zabbix", output)
+}
+
+fn run_sensu(config: &Config, args: &SensuArgs, output: Output) -> ExitCode {
+    use std::io::Read;
+    let limit = 2 * MAX_REQUEST_BYTES;
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().lock().take(limit as u64 + 1).read_to_end(&mut input) {
+        eprintln!("pdrelay sensu: cannot read standard input: {e}");
+        return ExitCode::from(2);
+    }
+    if input.len() > limit {
+        eprintln!("pdrelay sensu: standard input: must be at most {limit} bytes (a Sensu check result as JSON)");
+        return ExitCode::from(2);
+    }
+    let result = match serde_json::from_slice(&input) {
+        Ok(value) => {
+            sensu::map(value, args.routing_key.as_deref(), args.dedup_key.as_deref(), args.api, &config.defaults)
+                .map_err(SendError::from)
+                .and_then(|event| send::hand_over(&event, config))
+        }
+        Err(e) => {
+            eprintln!("pdrelay sensu: standard input: must be a Sensu check result as JSON ({e})");
+            return ExitCode::from(2);
+        }
+    };
+    report_sent(result, args.quiet, "pdrelay sensu", output)
+}
+
+/// `import-pdagent`: exit 0 when every file was imported, 2 when some were not valid events (the
+/// rest were imported), 1 when the import stopped because an event could not be stored.
+fn run_import(config: &Config, args: &ImportPdagentArgs) -> ExitCode {
+    let dir = args.dir.clone().unwrap_or_else(pdagent::default_queue_dir);
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let result = pdagent::import(
+        &dir,
+        &config.defaults,
+        args.dry_run,
+        |event| send::hand_over(event, config),
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+    );
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("pdrelay import-pdagent: {}: {e}", dir.display());
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 2 } else { 1 });
+        }
+    };
+    if report.spooled {
+        let spool = config.file.ingest.spool_dirs.first().map(|d| d.display().to_string()).unwrap_or_default();
+        eprintln!(
+            "pdrelay import-pdagent: the daemon did not answer; events were written to {spool} and go out once it runs"
+        );
+    }
+    println!(
+        "{} {} event(s); {} invalid file(s) left in place; {} skipped; from {}",
+        if args.dry_run { "would import" } else { "imported" },
+        report.imported,
+        report.invalid,
+        report.skipped,
+        dir.display()
+    );
+    if let Some(why) = report.stopped {
+        eprintln!("pdrelay import-pdagent: stopped: {why}");
+        return ExitCode::from(1);
+    }
+    ExitCode::from(if report.invalid > 0 { 2 } else { 0 })
+}
+
+fn run_nagios(config: &Config, args: &NagiosArgs, output: Output) -> ExitCode {
     let macros = if args.fields.is_empty() {
         Ok(nagios::macros_from_env(std::env::vars()))
     } else {
@@ -135,14 +283,20 @@ fn run_nagios(config: &Config, args: &NagiosArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    report_sent(send::hand_over(&event, config), args.quiet, "pdrelay nagios")
+    report_sent(send::hand_over(&event, config), args.quiet, "pdrelay nagios", output)
 }
 
-fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str) -> ExitCode {
+fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, output: Output) -> ExitCode {
     match result {
         Ok(sent) => {
             if !quiet {
-                println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""));
+                match output {
+                    Output::Pdrelay => {
+                        println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""))
+                    }
+                    Output::PdagentKey => println!("{}", pdagent::pd_send_line(sent.dedup_key.as_deref())),
+                    Output::Silent => {}
+                }
                 if let Handed::Spool(p) = &sent.handed {
                     eprintln!("{what}: daemon not reachable; queued as {}", p.display());
                 }

@@ -5,8 +5,11 @@
 //! Owns: the spool directories ([`spool`]) and the Unix socket ([`socket`]).
 
 pub mod nagios;
+pub mod pdagent;
+pub mod sensu;
 pub mod socket;
 pub mod spool;
+pub mod zabbix;
 
 use tokio::sync::watch;
 

@@ -2,6 +2,8 @@
 
 mod fake_api;
 mod forwarder;
+mod http;
+mod migration;
 mod nagios;
 mod regressions;
 mod reliability;
