@@ -40,8 +40,15 @@ pub enum DaemonError {
 }
 
 /// Runs the daemon until `stop` completes. `ready` is called once the store is open and the
-/// socket listens.
-pub async fn run(config: Config, stop: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<(), DaemonError> {
+/// socket listens. With `watchdog` (systemd's WatchdogSec), `alive` is called at half that
+/// period, but only while the committer answers a probe and the dispatcher loop keeps turning.
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+    watchdog: Option<std::time::Duration>,
+    alive: impl Fn() + Send + 'static,
+) -> Result<(), DaemonError> {
     let queue_path = config.queue_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&queue_path))
         .await
@@ -51,7 +58,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>, ready: impl FnO
         max_pending: config.file.queue.max_pending,
         min_free_bytes: config.file.queue.min_free_bytes,
     });
-    let result = serve(&config, store.clone(), stop, ready).await;
+    let result = serve(&config, store.clone(), stop, ready, watchdog, alive).await;
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");
     result
@@ -62,6 +69,8 @@ async fn serve(
     store: Store,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
+    watchdog: Option<std::time::Duration>,
+    alive: impl Fn() + Send + 'static,
 ) -> Result<(), DaemonError> {
     let file = &config.file;
     let client = EventsClient::new(&config.events_url, file.pagerduty.connect_timeout, file.pagerduty.request_timeout)?;
@@ -112,11 +121,17 @@ async fn serve(
         concurrency: file.pagerduty.concurrency,
         shutdown_timeout: file.shutdown_timeout,
         failing: Default::default(),
+        heartbeat: watchdog.map(|w| w / 4),
+        heartbeat_ms: Default::default(),
     };
+    let heartbeat_ms = settings.heartbeat_ms.clone();
     let mut delivery_shutdown = shutdown.clone();
     let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
     info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
     ready();
+    if let Some(period) = watchdog {
+        tokio::spawn(run_watchdog(store.clone(), heartbeat_ms, period, alive, shutdown.clone()));
+    }
 
     tokio::pin!(stop);
     let mut delivery = delivery;
@@ -144,5 +159,32 @@ async fn serve(
             Err(e.into())
         }
         Err(e) => Err(StoreError::Io(format!("delivery task: {e}")).into()),
+    }
+}
+
+/// Pings systemd's watchdog at half its period, only while the committer answers a probe within
+/// that period and the dispatcher loop turned within it: a stuck loop stops the pings, and
+/// systemd restarts the service.
+async fn run_watchdog(
+    store: Store,
+    heartbeat_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    period: std::time::Duration,
+    alive: impl Fn(),
+    mut shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let committer_ok = matches!(tokio::time::timeout(period / 2, store.ping()).await, Ok(Ok(())));
+        let last = heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let dispatcher_ok = crate::queue::store::now_ms().saturating_sub(last) < period.as_millis() as u64;
+        if committer_ok && dispatcher_ok {
+            alive();
+        } else {
+            tracing::warn!(committer_ok, dispatcher_ok, "a loop is not making progress; not pinging the watchdog");
+        }
     }
 }

@@ -347,7 +347,19 @@ fn run_daemon(config: Config) -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        pdrelay::daemon::run(config, stop, || {}).await
+        // systemd (Type=notify): READY=1 once the store is open and the socket listens;
+        // WATCHDOG=1 while the loops make progress (WatchdogSec in the unit).
+        let mut usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| std::time::Duration::from_micros(usec));
+        let ready = || {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        };
+        let alive = || {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        };
+        let result = pdrelay::daemon::run(config, stop, ready, watchdog, alive).await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

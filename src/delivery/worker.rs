@@ -43,6 +43,11 @@ pub struct DeliverySettings {
     pub shutdown_timeout: Duration,
     /// Set while deliveries fail, so that the change is logged once each way, not per event.
     pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the dispatcher loop turns at least this often and stamps `heartbeat_ms`, so a
+    /// watchdog can tell a stuck loop from an idle one.
+    pub heartbeat: Option<Duration>,
+    /// Last turn of the dispatcher loop, ms since the epoch.
+    pub heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One line of events that must go out in order.
@@ -109,7 +114,10 @@ pub async fn run(
     d.scan()?;
     info!(pending = d.lines.values().map(|l| l.seqs.len()).sum::<usize>(), "delivery started");
     tokio::pin!(shutdown);
+    let beat = d.settings.heartbeat;
+    let stamp = d.settings.heartbeat_ms.clone();
     loop {
+        stamp.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         d.fill()?;
         let next_timer = d.timers.peek().map(|Reverse((at, _))| *at);
         let timer = async move {
@@ -128,6 +136,7 @@ pub async fn run(
             }
             Some(joined) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => d.finish(joined),
             _ = timer => d.fire_timers(),
+            _ = async { match beat { Some(b) => tokio::time::sleep(b).await, None => std::future::pending().await } } => {}
         }
     }
     let in_flight = d.in_flight.len();

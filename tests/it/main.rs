@@ -5,6 +5,7 @@ mod forwarder;
 mod http;
 mod migration;
 mod nagios;
+mod ops;
 mod regressions;
 mod reliability;
 mod socket_admin;
