@@ -23,6 +23,8 @@ pub struct ConfigFile {
     pub state_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub log_level: String,
+    /// `text` (journald-friendly lines) or `json` (one JSON object per line).
+    pub log_format: String,
     /// Bound on a graceful stop: in-flight deliveries get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -183,6 +185,12 @@ pub struct PagerDutySection {
     pub request_timeout: Duration,
     /// Deliveries in flight at once (across all keys).
     pub concurrency: usize,
+    /// Proxy for every request; empty: the HTTPS_PROXY / NO_PROXY environment applies.
+    pub proxy: String,
+    /// Extra CA certificates to trust (PEM file); empty for none.
+    pub ca_bundle: PathBuf,
+    /// Local IP address to connect from; empty for the system's choice.
+    pub local_address: String,
 }
 
 /// `[retry]`
@@ -223,6 +231,7 @@ impl Default for ConfigFile {
         ConfigFile {
             state_dir: PathBuf::from("/var/lib/pdrelay"),
             log_level: "info".to_owned(),
+            log_format: "text".to_owned(),
             shutdown_timeout: Duration::from_secs(10),
             ingest: IngestSection::default(),
             pagerduty: PagerDutySection::default(),
@@ -262,6 +271,9 @@ impl Default for PagerDutySection {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             concurrency: 8,
+            proxy: String::new(),
+            ca_bundle: PathBuf::new(),
+            local_address: String::new(),
         }
     }
 }
@@ -439,6 +451,22 @@ impl Config {
                 )),
             }
         }
+        if !matches!(file.log_format.as_str(), "text" | "json") {
+            problems.push(format!("log_format: must be text or json (got {:?})", file.log_format));
+        }
+        if !file.pagerduty.proxy.is_empty() && reqwest::Proxy::all(file.pagerduty.proxy.as_str()).is_err() {
+            problems.push(format!(
+                "pagerduty.proxy: must be a proxy URL such as http://proxy:3128 (got {:?})",
+                file.pagerduty.proxy
+            ));
+        }
+        if !file.pagerduty.local_address.is_empty() && file.pagerduty.local_address.parse::<std::net::IpAddr>().is_err()
+        {
+            problems.push(format!(
+                "pagerduty.local_address: must be an IP address (got {:?})",
+                file.pagerduty.local_address
+            ));
+        }
         if file.queue.max_pending == 0 {
             problems.push("queue.max_pending: must be at least 1".to_owned());
         }
@@ -524,6 +552,16 @@ impl Config {
             http_listen,
             http_allow,
         })
+    }
+
+    /// The client's network settings.
+    pub fn network(&self) -> crate::pagerduty::client::Network {
+        let p = &self.file.pagerduty;
+        crate::pagerduty::client::Network {
+            proxy: Some(p.proxy.clone()).filter(|s| !s.is_empty()),
+            ca_bundle: Some(p.ca_bundle.clone()).filter(|s| !s.as_os_str().is_empty()),
+            local_address: p.local_address.parse().ok(),
+        }
     }
 
     /// Directory of the sled database.
@@ -614,7 +652,7 @@ mod tests {
         let text = include_str!("../config.example.toml");
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.file.state_dir, PathBuf::from("/var/lib/pdrelay"));
-        for key in ["state_dir", "log_level", "shutdown_timeout"] {
+        for key in ["state_dir", "log_level", "log_format", "shutdown_timeout"] {
             assert!(text.contains(&format!("\n{key} = ")), "{key} missing from config.example.toml");
         }
         // Every key of the defaults appears in the example (uncommented).

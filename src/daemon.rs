@@ -31,9 +31,9 @@ pub enum DaemonError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The HTTP client could not be built (TLS set-up).
-    #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    /// The HTTP client could not be built (proxy, CA bundle, TLS set-up).
+    #[error(transparent)]
+    Client(#[from] crate::pagerduty::client::ClientError),
     /// The local Events API listener could not start.
     #[error(transparent)]
     Http(#[from] http::HttpError),
@@ -73,7 +73,12 @@ async fn serve(
     alive: impl Fn() + Send + 'static,
 ) -> Result<(), DaemonError> {
     let file = &config.file;
-    let client = EventsClient::new(&config.events_url, file.pagerduty.connect_timeout, file.pagerduty.request_timeout)?;
+    let client = EventsClient::with_network(
+        &config.events_url,
+        file.pagerduty.connect_timeout,
+        file.pagerduty.request_timeout,
+        &config.network(),
+    )?;
     // Bound before the socket, so that once the socket answers, state_dir/http.addr is current.
     let http_listener = match HttpSettings::from_config(config) {
         Some(settings) => Some((http::bind(&settings).await?, settings)),

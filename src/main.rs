@@ -324,7 +324,9 @@ fn run_daemon(config: Config) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if journald {
+    if config.file.log_format == "json" {
+        builder.json().with_current_span(false).init();
+    } else if journald {
         builder.without_time().init();
     } else {
         builder.init();

@@ -33,6 +33,28 @@ pub enum Attempt {
     },
 }
 
+/// Network settings for the client (config `[pagerduty]`).
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// Proxy URL for every request, e.g. `http://proxy:3128`.
+    pub proxy: Option<String>,
+    /// Extra CA certificates (PEM file).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Local address to connect from.
+    pub local_address: Option<std::net::IpAddr>,
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// reqwest refused a setting (a bad proxy URL, an unreadable certificate).
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A file named in the config could not be read.
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// The shared Events API client.
 #[derive(Clone)]
 pub struct EventsClient {
@@ -43,13 +65,42 @@ pub struct EventsClient {
 impl EventsClient {
     /// A client for `events_url` (no trailing slash) with the given timeouts.
     pub fn new(events_url: &str, connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
+        EventsClient::with_network(events_url, connect_timeout, request_timeout, &Network::default()).map_err(|e| {
+            match e {
+                ClientError::Http(e) => e,
+                ClientError::Setup(_) => unreachable!("the default network settings need no files"),
+            }
+        })
+    }
+
+    /// A client with network settings: an explicit proxy (else the `HTTPS_PROXY`, `HTTP_PROXY`,
+    /// `ALL_PROXY` and `NO_PROXY` environment variables apply, as reqwest reads them), an extra CA
+    /// bundle (PEM, trusted besides the built-in roots), and a local address to connect from.
+    pub fn with_network(
+        events_url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        network: &Network,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("pdrelay/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build()?;
-        Ok(EventsClient { http, base: events_url.trim_end_matches('/').to_owned() })
+            .pool_idle_timeout(Duration::from_secs(50));
+        if let Some(proxy) = &network.proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy.as_str())?);
+        }
+        if let Some(path) = &network.ca_bundle {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Setup(format!("pagerduty.ca_bundle {}: {e}", path.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(addr) = network.local_address {
+            builder = builder.local_address(addr);
+        }
+        Ok(EventsClient { http: builder.build()?, base: events_url.trim_end_matches('/').to_owned() })
     }
 
     /// POSTs `body` (JSON) to the endpoint of `kind` and reads the whole answer.

@@ -57,3 +57,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_configured_proxy_carries_the_events() {
+    // events_url names a host that does not exist; only the proxy (the fake, which answers
+    // absolute-form requests) is ever connected to, so no name is looked up.
+    let env = TestEnv::new();
+    let proxy = env.fake.url();
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.fake.url(), "http://events.pagerduty.invalid")
+        .replace("[pagerduty]\n", &format!("[pagerduty]\nproxy = \"{proxy}\"\nlocal_address = \"127.0.0.1\"\n"));
+    assert!(text.contains("proxy = ") && !text.contains(&format!("events_url = \"{proxy}")), "{text}");
+    std::fs::write(&env.config, text).unwrap();
+    let _d = env.start();
+    let mut c = env.connect();
+    c.send_line(&trigger(&routing_key(60), "via-proxy", "through the proxy"));
+    assert_eq!(c.read_reply()["ok"], true);
+    let got = env.fake.wait_accepted(1, Duration::from_secs(30));
+    assert_eq!(got[0].body["dedup_key"], "via-proxy");
+}
+
+#[test]
+fn an_unreadable_ca_bundle_stops_the_start_with_its_path() {
+    let env = TestEnv::with_config("[pagerduty]\nca_bundle = \"/nonexistent/ca.pem\"\n");
+    let out = env.command().arg("daemon").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pagerduty.ca_bundle /nonexistent/ca.pem"), "{stderr}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let env = TestEnv::with_config("log_format = \"json\"\n");
+    let d = env.start();
+    let (_, _, log) = d.terminate(Duration::from_secs(10));
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
+}
