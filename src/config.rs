@@ -44,6 +44,27 @@ pub struct ConfigFile {
     pub queue: QueueSection,
     /// The local Events API endpoint (off unless `listen` is set).
     pub http: HttpSection,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address for `GET /metrics`, e.g. "127.0.0.1:9464"; empty: no listener.
+    pub listen: String,
+    /// File for node_exporter's textfile collector; empty: none.
+    pub textfile: PathBuf,
+    /// How often the file is rewritten.
+    #[serde(with = "humantime_serde")]
+    pub textfile_interval: Duration,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { listen: String::new(), textfile: PathBuf::new(), textfile_interval: Duration::from_secs(15) }
+    }
 }
 
 /// `[http]`: a local HTTP listener that answers the PagerDuty Events API with store-and-forward.
@@ -241,6 +262,7 @@ impl Default for ConfigFile {
             nagios: NagiosSection::default(),
             queue: QueueSection::default(),
             http: HttpSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -451,6 +473,15 @@ impl Config {
                 )),
             }
         }
+        if !file.metrics.listen.is_empty() && file.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "metrics.listen: must be an address such as 127.0.0.1:9464 (got {:?})",
+                file.metrics.listen
+            ));
+        }
+        if file.metrics.textfile_interval < Duration::from_secs(1) {
+            problems.push("metrics.textfile_interval: must be at least 1s".to_owned());
+        }
         if !matches!(file.log_format.as_str(), "text" | "json") {
             problems.push(format!("log_format: must be text or json (got {:?})", file.log_format));
         }
@@ -660,17 +691,42 @@ mod tests {
         for (section, keys) in [
             (
                 "ingest",
-                vec!["socket", "socket_mode", "spool_dirs", "rescan_interval", "max_file_bytes", "max_line_bytes"],
+                vec![
+                    "socket",
+                    "socket_mode",
+                    "socket_group",
+                    "max_connections",
+                    "idle_timeout",
+                    "line_timeout",
+                    "admin_socket",
+                    "spool_dirs",
+                    "rescan_interval",
+                    "max_file_bytes",
+                    "max_line_bytes",
+                ],
             ),
             (
                 "pagerduty",
-                vec!["events_url", "default_routing_key", "connect_timeout", "request_timeout", "concurrency"],
+                vec![
+                    "events_url",
+                    "default_routing_key",
+                    "connect_timeout",
+                    "request_timeout",
+                    "concurrency",
+                    "proxy",
+                    "ca_bundle",
+                    "local_address",
+                ],
             ),
             (
                 "retry",
                 vec!["initial_interval", "max_interval", "multiplier", "randomization_factor", "max_retry_after"],
             ),
             ("mapping", vec!["default_source", "default_severity", "drop_repeated_triggers"]),
+            ("retention", vec!["delivered", "failed", "max_pending_age", "sweep_interval"]),
+            ("nagios", vec!["notification_types", "severity", "resolve_on_flapping_stop"]),
+            ("queue", vec!["max_pending", "min_free_bytes"]),
+            ("metrics", vec!["listen", "textfile", "textfile_interval"]),
             ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
         ] {
             for key in keys {

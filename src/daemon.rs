@@ -92,6 +92,30 @@ async fn serve(
     let admin_listener = socket::bind(&file.ingest.admin_socket, 0o600, None)
         .map_err(|source| DaemonError::Socket { path: file.ingest.admin_socket.clone(), source })?;
     let (trigger, shutdown) = Shutdown::new();
+    let metrics = crate::metrics::Metrics::new();
+    store.set_metrics(metrics.clone());
+    let mut metric_tasks = Vec::new();
+    if !file.metrics.listen.is_empty() {
+        let addr = file.metrics.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| DaemonError::Socket { path: addr.clone().into(), source })?;
+        metric_tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if !file.metrics.textfile.as_os_str().is_empty() {
+        metric_tasks.push(tokio::spawn(crate::metrics::write_textfile(
+            file.metrics.textfile.clone(),
+            file.metrics.textfile_interval,
+            metrics.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )));
+    }
 
     let spool_task = tokio::spawn(spool::run(
         spool::SpoolSettings {
@@ -128,6 +152,7 @@ async fn serve(
         failing: Default::default(),
         heartbeat: watchdog.map(|w| w / 4),
         heartbeat_ms: Default::default(),
+        metrics: Some(metrics.clone()),
     };
     let heartbeat_ms = settings.heartbeat_ms.clone();
     let mut delivery_shutdown = shutdown.clone();
@@ -153,6 +178,9 @@ async fn serve(
     }
     let _ = admin_task.await;
     let _ = retention_task.await;
+    for task in metric_tasks {
+        let _ = task.await;
+    }
     let delivery_result = match delivery_result {
         Some(r) => r,
         None => delivery.await,

@@ -48,6 +48,8 @@ pub struct DeliverySettings {
     pub heartbeat: Option<Duration>,
     /// Last turn of the dispatcher loop, ms since the epoch.
     pub heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Where attempts are counted.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// One line of events that must go out in order.
@@ -312,7 +314,9 @@ impl Dispatcher {
 /// Sends one event and records the outcome durably.
 async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> Done {
     let kind = record.event.kind();
+    let started = std::time::Instant::now();
     let sent = settings.client.send(kind, record.event.request_body()).await;
+    let took = started.elapsed();
     let decision = classify(kind, &sent);
     let status = match &sent {
         Attempt::Response { status, .. } => Some(*status),
@@ -325,6 +329,18 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
         if matches!(store.alert(record.event.routing_key().as_str(), dedup), Ok(None)) && record.attempts == 0 {
             info!(id = %record.id, routing_key = %rk, dedup_key = dedup, %action, "no trigger known for this dedup key; sending anyway (PagerDuty may know it)");
         }
+    }
+    if let Some(m) = &settings.metrics {
+        let outcome = match &decision {
+            Decision::Delivered => "delivered",
+            Decision::Failed { .. } => "failed",
+            Decision::Retry { .. } => "retry",
+        };
+        let status = match &sent {
+            Attempt::Response { status, .. } => Some(*status),
+            Attempt::Transport { .. } => None,
+        };
+        m.delivery(outcome, status, took);
     }
     let failing = &settings.failing;
     match &decision {

@@ -442,6 +442,8 @@ struct Inner {
     limits: Mutex<Limits>,
     /// Next sequence number to give out (owned by the committer).
     next_seq: AtomicU64,
+    /// Where to count stored events, once the daemon sets it.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Inner {
@@ -557,6 +559,7 @@ impl Store {
             pending: AtomicU64::new(0),
             limits: Mutex::new(Limits::default()),
             next_seq: AtomicU64::new(next_seq),
+            metrics: std::sync::OnceLock::new(),
         });
         inner.pending.store(inner.tree.scan_prefix([b'p']).count() as u64, Ordering::SeqCst);
         mark.write(stored_commit)?;
@@ -753,6 +756,11 @@ impl Store {
         Ok((read(b"last_success")?, read(b"last_error")?))
     }
 
+    /// Counts durably stored events in `metrics` (by intake) from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
     /// Answers once the committer thread has served it: proof that commits are not stuck.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.request(Op::Ping).await.map(|_| ())
@@ -885,6 +893,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
         let mut alerts: HashMap<Vec<u8>, AlertState> = HashMap::new();
         let mut replies = Vec::with_capacity(group.len());
         let only_probes = group.iter().all(|r| matches!(r.op, Op::Ping));
+        let mut by_source: HashMap<&'static str, u64> = HashMap::new();
         let limits = *inner.limits.lock().expect("limits lock");
         let mut room: Option<Result<u64, StoreError>> = None;
         let mut pending_delta: i64 = 0;
@@ -897,7 +906,15 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         Ok(n) if *n >= events.len() as u64 => {
                             inserted_any = true;
                             let mut stored = 0u64;
-                            let result = prepare_insert(inner, events, &mut batch, &mut new_ids, &alerts, &mut stored);
+                            let result = prepare_insert(
+                                inner,
+                                events,
+                                &mut batch,
+                                &mut new_ids,
+                                &alerts,
+                                &mut stored,
+                                &mut by_source,
+                            );
                             *n = n.saturating_sub(stored);
                             pending_delta += stored as i64;
                             result.map(Reply::Inserted)
@@ -959,6 +976,14 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
             .and_then(|_| mark.write(commit).map_err(StoreError::from));
         if committed.is_ok() {
             inner.syncs.fetch_add(1, Ordering::SeqCst);
+            if let Some(metrics) = inner.metrics.get() {
+                for (source, n) in &by_source {
+                    metrics
+                        .intake
+                        .get_or_create(&crate::metrics::IntakeLabels { source: (*source).to_owned() })
+                        .inc_by(*n);
+                }
+            }
             if pending_delta >= 0 {
                 inner.pending.fetch_add(pending_delta as u64, Ordering::SeqCst);
             } else {
@@ -1006,6 +1031,7 @@ fn prepare_insert(
     new_ids: &mut HashMap<String, Accepted>,
     alerts: &HashMap<Vec<u8>, AlertState>,
     stored: &mut u64,
+    by_source: &mut HashMap<&'static str, u64>,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
@@ -1066,6 +1092,7 @@ fn prepare_insert(
         batch.insert(id_key(&id), &seq.to_be_bytes());
         batch.insert(&key(b'p', seq), encode_pending(&record.event));
         *stored += 1;
+        *by_source.entry(new.intake).or_insert(0) += 1;
         let a = Accepted { id: id.clone(), seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         new_ids.insert(id, a.clone());
         accepted.push(a);

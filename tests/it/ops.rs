@@ -99,3 +99,70 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
     }
 }
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+#[test]
+fn metrics_are_scraped_and_parse_as_prometheus_text() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let textfile = "metrics.prom";
+    let env = TestEnv::with_config(&format!(
+        "[metrics]\nlisten = \"{addr}\"\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n",
+        std::env::temp_dir().join(format!("pdrelay-{port}-{textfile}")).display()
+    ));
+    let _d = env.start();
+    let rk = routing_key(61);
+    env.fake.push_fault(crate::fake_api::Fault::Status(503));
+    let mut c = env.connect();
+    c.send_line(&trigger(&rk, "m1", "metrics"));
+    assert_eq!(c.read_reply()["ok"], true);
+    env.drop_file("m2.json", &trigger(&rk, "m2", "metrics via spool"));
+    env.fake.wait_accepted(2, Duration::from_secs(30));
+    let value = |samples: &[prometheus_parse::Sample], name: &str, label: Option<(&str, &str)>| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let mut parsed = None;
+    wait_until("metrics show both intakes, the retry and the deliveries", Duration::from_secs(30), || {
+        let body = scrape(&addr);
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+        let s = &scrape.samples;
+        let done = value(s, "pdrelay_intake_events_total", Some(("source", "socket"))) == 1.0
+            && value(s, "pdrelay_intake_events_total", Some(("source", "spool"))) == 1.0
+            && value(s, "pdrelay_deliveries_total", Some(("outcome", "delivered"))) == 2.0
+            && value(s, "pdrelay_deliveries_total", Some(("status", "503"))) == 1.0
+            && value(s, "pdrelay_queue_pending_events", None) == 0.0;
+        parsed = Some(scrape);
+        done
+    });
+    let scrape = parsed.unwrap();
+    assert!(scrape.samples.iter().any(|s| s.metric == "pdrelay_delivery_duration_seconds_count"
+        || matches!(s.value, prometheus_parse::Value::Histogram(_))));
+    for name in ["pdrelay_paused_routing_keys", "pdrelay_oldest_pending_age_seconds"] {
+        assert!(scrape.samples.iter().any(|s| s.metric == name), "{name} exported");
+    }
+    let file = std::env::temp_dir().join(format!("pdrelay-{port}-{textfile}"));
+    wait_until("the textfile is written", Duration::from_secs(10), || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("pdrelay_intake_events_total"))
+    });
+    let _ = std::fs::remove_file(file);
+}
