@@ -39,11 +39,13 @@ pub enum DaemonError {
     Http(#[from] http::HttpError),
 }
 
-/// Runs the daemon until `stop` completes. `ready` is called once the store is open and the
+/// Runs the daemon until `stop` completes. `live` holds the settings a reload may change (the
+/// caller owns SIGHUP and swaps them). `ready` is called once the store is open and the
 /// socket listens. With `watchdog` (systemd's WatchdogSec), `alive` is called at half that
 /// period, but only while the committer answers a probe and the dispatcher loop keeps turning.
 pub async fn run(
     config: Config,
+    live: crate::live::LiveConfig,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
     watchdog: Option<std::time::Duration>,
@@ -58,7 +60,7 @@ pub async fn run(
         max_pending: config.file.queue.max_pending,
         min_free_bytes: config.file.queue.min_free_bytes,
     });
-    let result = serve(&config, store.clone(), stop, ready, watchdog, alive).await;
+    let result = serve(&config, live, store.clone(), stop, ready, watchdog, alive).await;
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");
     result
@@ -66,6 +68,7 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
+    live: crate::live::LiveConfig,
     store: Store,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
@@ -80,7 +83,7 @@ async fn serve(
         &config.network(),
     )?;
     // Bound before the socket, so that once the socket answers, state_dir/http.addr is current.
-    let http_listener = match HttpSettings::from_config(config) {
+    let http_listener = match HttpSettings::from_config(config, &live) {
         Some(settings) => Some((http::bind(&settings).await?, settings)),
         None => {
             let _ = std::fs::remove_file(file.state_dir.join(http::ADDR_FILE));
@@ -122,8 +125,7 @@ async fn serve(
             dirs: file.ingest.spool_dirs.clone(),
             rescan_interval: file.ingest.rescan_interval,
             max_file_bytes: file.ingest.max_file_bytes,
-            defaults: config.defaults.clone(),
-            nagios: config.nagios.clone(),
+            live: live.clone(),
         },
         store.clone(),
         shutdown.clone(),
@@ -136,7 +138,7 @@ async fn serve(
         max_connections: file.ingest.max_connections,
         idle_timeout: file.ingest.idle_timeout,
         line_timeout: file.ingest.line_timeout,
-        defaults: config.defaults.clone(),
+        live: live.clone(),
     };
     let socket_task = tokio::spawn(socket::run(listener, socket_settings, store.clone(), shutdown.clone()));
     let http_task = http_listener
@@ -146,7 +148,7 @@ async fn serve(
     let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
     let settings = DeliverySettings {
         client,
-        retry: file.retry.clone(),
+        live: live.clone(),
         concurrency: file.pagerduty.concurrency,
         shutdown_timeout: file.shutdown_timeout,
         failing: Default::default(),

@@ -133,15 +133,15 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Bound on headers, then on the body, and on an idle keep-alive connection.
     pub request_timeout: Duration,
-    /// Defaults filled in at intake.
-    pub defaults: IntakeDefaults,
+    /// Defaults filled in at intake (reloadable).
+    pub live: crate::live::LiveConfig,
     /// Where the bound address is written (`state_dir/http.addr`).
     pub addr_file: PathBuf,
 }
 
 impl HttpSettings {
     /// The settings of a checked config; `None` when the listener is off.
-    pub fn from_config(config: &Config) -> Option<HttpSettings> {
+    pub fn from_config(config: &Config, live: &crate::live::LiveConfig) -> Option<HttpSettings> {
         let http = &config.file.http;
         let tls = (!http.tls_cert.as_os_str().is_empty()).then(|| (http.tls_cert.clone(), http.tls_key.clone()));
         Some(HttpSettings {
@@ -150,7 +150,7 @@ impl HttpSettings {
             allow: config.http_allow.clone(),
             max_connections: http.max_connections,
             request_timeout: http.request_timeout,
-            defaults: config.defaults.clone(),
+            live: live.clone(),
             addr_file: config.file.state_dir.join(ADDR_FILE),
         })
     }
@@ -241,7 +241,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// What every connection shares.
 struct Context {
     store: Store,
-    defaults: IntakeDefaults,
+    live: crate::live::LiveConfig,
     request_timeout: Duration,
 }
 
@@ -252,8 +252,7 @@ pub async fn run(listener: Listener, settings: HttpSettings, store: Store, mut s
     info!(listen = %listener.local, scheme, allow = settings.allow.len(), "http listener started");
     let max = settings.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    let ctx =
-        Arc::new(Context { store, defaults: settings.defaults.clone(), request_timeout: settings.request_timeout });
+    let ctx = Arc::new(Context { store, live: settings.live.clone(), request_timeout: settings.request_timeout });
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => break,
@@ -555,7 +554,7 @@ async fn enqueue(request: Request<Incoming>, kind: EventKind, ctx: &Context) -> 
             ))
         }
     };
-    let event = match parse_for(&body, kind, &ctx.defaults) {
+    let event = match parse_for(&body, kind, &ctx.live.get().defaults) {
         Ok(event) => event,
         Err(error) => {
             debug!(endpoint = kind.endpoint_path(), %error, "http event refused");

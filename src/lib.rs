@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod intake;
+pub mod live;
 pub mod metrics;
 pub mod pagerduty;
 pub mod queue;

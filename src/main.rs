@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Send(args) => run_send(&config, &args, key_output),
-        Command::Daemon => run_daemon(config),
+        Command::Daemon => run_daemon(config, path, explicit),
         Command::Nagios(args) => run_nagios(&config, &args, key_output),
         Command::Zabbix(args) => run_zabbix(&config, &args, silent_output),
         Command::Sensu(args) => run_sensu(&config, &args, silent_output),
@@ -314,23 +314,48 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
     }
 }
 
-fn run_daemon(config: Config) -> ExitCode {
+fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
+    // The filter sits behind a reload handle, so SIGHUP can change the log level.
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
     // Under systemd, journald stamps each line itself: no timestamps, no colours there.
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
     if config.file.log_format == "json" {
-        builder.json().with_current_span(false).init();
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
+            .init();
     } else if journald {
-        builder.without_time().init();
+        registry
+            .with(tracing_subscriber::fmt::layer().without_time().with_ansi(ansi).with_writer(std::io::stderr))
+            .init();
     } else {
-        builder.init();
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
+    let live = pdrelay::live::LiveConfig::new(&config);
+    let reload = {
+        let (live, old) = (live.clone(), config.file.clone());
+        move || -> Result<(), String> {
+            let new = Config::load(&path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
+            let restart = pdrelay::live::restart_needed(&old, &new.file);
+            if std::env::var_os("RUST_LOG").is_none() {
+                let level = tracing_subscriber::EnvFilter::new(&new.file.log_level);
+                filter_handle.reload(level).map_err(|e| e.to_string())?;
+            }
+            live.replace(&new);
+            if restart.is_empty() {
+                tracing::info!("configuration reloaded");
+            } else {
+                tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
+            }
+            Ok(())
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("pdrelay").build() {
         Ok(r) => r,
         Err(e) => {
@@ -359,7 +384,17 @@ fn run_daemon(config: Config) -> ExitCode {
         let alive = || {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         };
-        let result = pdrelay::daemon::run(config, stop, ready, watchdog, alive).await;
+        // SIGHUP: reload what can change safely; a bad file keeps the running settings.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if let Err(e) = reload() {
+                        tracing::error!(error = %e, "configuration not reloaded; the running settings stay");
+                    }
+                }
+            });
+        }
+        let result = pdrelay::daemon::run(config, live, stop, ready, watchdog, alive).await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         result
     });

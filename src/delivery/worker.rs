@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use super::retry::{classify, retry_delay, Decision};
-use crate::config::RetrySection;
+
 use crate::event::EventAction;
 use crate::pagerduty::client::{Attempt, EventsClient};
 use crate::queue::record::{Record, State};
@@ -35,8 +35,8 @@ const STORE_RETRY_MS: u64 = 1_000;
 pub struct DeliverySettings {
     /// Shared HTTP client.
     pub client: EventsClient,
-    /// Retry timing.
-    pub retry: RetrySection,
+    /// Retry timing (reloadable).
+    pub live: crate::live::LiveConfig,
     /// Deliveries in flight at once.
     pub concurrency: usize,
     /// How long in-flight deliveries may run on after shutdown is asked.
@@ -362,7 +362,7 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
             (Outcome::Failed { status, reason, errors }, Done::Finished)
         }
         Decision::Retry { reason, retry_after, pause_routing_key } => {
-            let delay = retry_delay(&settings.retry, record.attempts + 1, retry_after);
+            let delay = retry_delay(&settings.live.get().retry, record.attempts + 1, retry_after);
             let at_ms = now_ms() + delay.as_millis() as u64;
             debug!(id = %record.id, routing_key = %rk, %reason, attempts = record.attempts + 1, retry_in = ?delay, "delivery will be retried");
             (

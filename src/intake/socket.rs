@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Shutdown;
-use crate::event::{Event, IntakeDefaults};
+use crate::event::Event;
 use crate::queue::store::{InsertTicket, NewEvent, Store, StoreError};
 
 /// How long, and how many bytes, a closing connection reads and discards (lingering close).
@@ -84,8 +84,8 @@ pub struct SocketSettings {
     pub idle_timeout: Duration,
     /// A line must be complete within this long of its first byte.
     pub line_timeout: Duration,
-    /// Defaults filled in at intake.
-    pub defaults: IntakeDefaults,
+    /// Defaults filled in at intake (reloadable).
+    pub live: crate::live::LiveConfig,
 }
 
 /// Binds a socket at `path`: creates its directory, replaces a stale socket file left by a
@@ -249,7 +249,7 @@ async fn serve(stream: UnixStream, store: Store, settings: &SocketSettings, mut 
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let pending = match Event::from_json(&line, &settings.defaults) {
+        let pending = match Event::from_json(&line, &settings.live.get().defaults) {
             // Submitted here, in line order, so that acceptance order is the connection's order;
             // the writer waits for the commit.
             Ok(event) => {

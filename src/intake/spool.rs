@@ -40,10 +40,8 @@ pub struct SpoolSettings {
     pub rescan_interval: Duration,
     /// Largest file read, in bytes.
     pub max_file_bytes: u64,
-    /// Defaults filled in at intake.
-    pub defaults: IntakeDefaults,
-    /// Mapping of pagerduty_nagios.pl files.
-    pub nagios: NagiosSettings,
+    /// Defaults filled in at intake and the mapping of pagerduty_nagios.pl files (reloadable).
+    pub live: crate::live::LiveConfig,
 }
 
 /// Whether a directory entry named `name` is a spool file to read: `*.json`, `*.ndjson`, or a
@@ -312,7 +310,8 @@ fn read_file(
         }
         Err(e) => return Err(e),
     };
-    let mut parsed = parse_spool_file(name, &bytes, &settings.defaults, &settings.nagios);
+    let live = settings.live.get();
+    let mut parsed = parse_spool_file(name, &bytes, &live.defaults, &live.nagios);
     if let Ok(events) = &mut parsed {
         // Ids from the file's identity, so that a file read again after a crash between storing
         // and deleting it is stored once (the store skips ids it holds with the same event).

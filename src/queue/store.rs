@@ -625,7 +625,7 @@ impl Store {
             _ => true,
         });
         let _ = std::fs::remove_dir_all(&scratch);
-        let fresh = sled::Config::new().path(path).open()?;
+        let fresh = open_sled(path)?;
         let tree = fresh.open_tree("queue")?;
         let mut batch = sled::Batch::default();
         for (k, v) in entries {
@@ -636,8 +636,22 @@ impl Store {
         drop(tree);
         drop(fresh);
         let _ = std::fs::remove_file(path.join(MARK_FILE));
-        // Opening it writes a new commit mark.
-        Store::open(path)?.close();
+        // Opening it writes a new commit mark. sled may hold its file lock for a moment after the
+        // last handle is dropped, so a lock conflict here is waited out briefly.
+        let mut tries = 0;
+        loop {
+            match Store::open(path) {
+                Ok(store) => {
+                    store.close();
+                    break;
+                }
+                Err(StoreError::Locked { .. }) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(report)
     }
 

@@ -166,3 +166,34 @@ fn metrics_are_scraped_and_parse_as_prometheus_text() {
     });
     let _ = std::fs::remove_file(file);
 }
+
+#[test]
+fn sighup_reloads_what_can_change_and_says_what_cannot() {
+    let env = TestEnv::new();
+    let d = env.start();
+    let keyless = r#"{"event_action":"trigger","payload":{"summary":"no key given"}}"#;
+    let mut c = env.connect();
+    c.send_line(keyless);
+    assert_eq!(c.read_reply()["code"], "invalid", "no default routing key yet");
+    let original = std::fs::read_to_string(&env.config).unwrap();
+    // A broken file is refused and the running settings stay.
+    std::fs::write(&env.config, "[pagerduty]\nconcurrency = \"many\"\n").unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    wait_until("the bad reload is logged", Duration::from_secs(10), || {
+        d.log_text().contains("configuration not reloaded")
+    });
+    // A good one: a default routing key (reloadable) and a new rescan interval (restart only).
+    let key = routing_key(62);
+    let text = original
+        .replace("[pagerduty]\n", &format!("[pagerduty]\ndefault_routing_key = \"{key}\"\n"))
+        .replace("rescan_interval = \"1s\"", "rescan_interval = \"2s\"");
+    std::fs::write(&env.config, text).unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    wait_until("the reload is logged", Duration::from_secs(10), || d.log_text().contains("configuration reloaded"));
+    assert!(d.log_text().contains("[ingest]"), "the restart-only change is named: {}", d.log_text());
+    c.send_line(keyless);
+    let reply = c.read_reply();
+    assert_eq!(reply["ok"], true, "{reply}");
+    let got = env.fake.wait_accepted(1, Duration::from_secs(30));
+    assert_eq!(got[0].body["routing_key"], key.as_str());
+}

@@ -1,0 +1,91 @@
+//! Settings that SIGHUP changes while the daemon runs: the intake defaults (default routing key,
+//! source, severity), the Nagios mapping tables and the retry bounds (and, in `main`, the log
+//! level). Everything else (paths, sockets, listeners, the Events API URL, concurrency, queue
+//! bounds) needs a restart; a reload that changes those says so in the log and keeps the old
+//! values.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::{Config, ConfigFile, RetrySection};
+use crate::event::IntakeDefaults;
+use crate::intake::nagios::NagiosSettings;
+
+/// One consistent set of reloadable settings.
+#[derive(Debug)]
+pub struct Live {
+    /// Filled in at intake.
+    pub defaults: IntakeDefaults,
+    /// Nagios and pagerduty_nagios.pl mapping.
+    pub nagios: NagiosSettings,
+    /// Retry timing.
+    pub retry: RetrySection,
+}
+
+/// A handle on the current [`Live`] settings; cheap to clone, read per event.
+#[derive(Clone, Debug)]
+pub struct LiveConfig(Arc<RwLock<Arc<Live>>>);
+
+impl LiveConfig {
+    /// From a checked config.
+    pub fn new(config: &Config) -> LiveConfig {
+        LiveConfig(Arc::new(RwLock::new(Arc::new(Live::from(config)))))
+    }
+
+    /// The current settings (a snapshot: later reloads do not change it).
+    pub fn get(&self) -> Arc<Live> {
+        self.0.read().expect("live settings lock").clone()
+    }
+
+    /// Takes the reloadable settings of `config`.
+    pub fn replace(&self, config: &Config) {
+        *self.0.write().expect("live settings lock") = Arc::new(Live::from(config));
+    }
+}
+
+impl From<&Config> for Live {
+    fn from(config: &Config) -> Live {
+        Live { defaults: config.defaults.clone(), nagios: config.nagios.clone(), retry: config.file.retry.clone() }
+    }
+}
+
+/// The settings that differ between `old` and `new` but only take effect after a restart.
+pub fn restart_needed(old: &ConfigFile, new: &ConfigFile) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if old.state_dir != new.state_dir {
+        keys.push("state_dir");
+    }
+    if differs(&old.ingest, &new.ingest) {
+        keys.push("[ingest]");
+    }
+    if differs(&old.queue, &new.queue) {
+        keys.push("[queue]");
+    }
+    if differs(&old.http, &new.http) {
+        keys.push("[http]");
+    }
+    if differs(&old.metrics, &new.metrics) {
+        keys.push("[metrics]");
+    }
+    if differs(&old.retention, &new.retention) {
+        keys.push("[retention]");
+    }
+    let (a, b) = (&old.pagerduty, &new.pagerduty);
+    if a.events_url != b.events_url
+        || a.concurrency != b.concurrency
+        || a.connect_timeout != b.connect_timeout
+        || a.request_timeout != b.request_timeout
+        || a.proxy != b.proxy
+        || a.ca_bundle != b.ca_bundle
+        || a.local_address != b.local_address
+    {
+        keys.push("[pagerduty] (except default_routing_key)");
+    }
+    if old.shutdown_timeout != new.shutdown_timeout || old.log_format != new.log_format {
+        keys.push("shutdown_timeout, log_format");
+    }
+    if old.mapping.drop_repeated_triggers != new.mapping.drop_repeated_triggers {
+        keys.push("mapping.drop_repeated_triggers");
+    }
+    keys
+}
