@@ -8,6 +8,7 @@
 //! | `pdrelay_deliveries_total` | counter | `outcome`: delivered, failed, retry; `status`: HTTP code or `none` |
 //! | `pdrelay_delivery_duration_seconds` | histogram | time of one attempt, from sending to the whole answer |
 //! | `pdrelay_queue_pending_events` | gauge | pending events (including those waiting for a retry) |
+//! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept) |
 //! | `pdrelay_paused_routing_keys` | gauge | routing keys paused by 429 / v1 403 |
 //! | `pdrelay_oldest_pending_age_seconds` | gauge | age of the oldest pending event |
 
@@ -35,6 +36,13 @@ pub struct DeliveryLabels {
     pub status: String,
 }
 
+/// Labels of `pdrelay_queue_events`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// pending, waiting, failed, delivered.
+    pub state: String,
+}
+
 /// Labels of `pdrelay_intake_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntakeLabels {
@@ -52,6 +60,9 @@ pub struct Metrics {
     /// Duration of each attempt, in seconds.
     pub duration: Histogram,
     pending: Gauge,
+    by_state: Family<StateLabels, Gauge>,
+    /// Lines whose head waits for a retry time or a pause (set by the dispatcher).
+    pub waiting: Gauge,
     paused: Gauge,
     oldest_age: Gauge,
 }
@@ -72,9 +83,12 @@ impl Metrics {
             "Pending events, including those waiting for a retry",
             pending.clone(),
         );
+        let by_state = Family::<StateLabels, Gauge>::default();
+        let waiting = Gauge::default();
+        registry.register("queue_events", "Queued events by state", by_state.clone());
         registry.register("paused_routing_keys", "Routing keys paused by a 429 (or v1 403)", paused.clone());
         registry.register("oldest_pending_age_seconds", "Age of the oldest pending event", oldest_age.clone());
-        Arc::new(Metrics { registry, intake, deliveries, duration, pending, paused, oldest_age })
+        Arc::new(Metrics { registry, intake, deliveries, duration, pending, by_state, waiting, paused, oldest_age })
     }
 
     /// Counts one attempt.
@@ -87,7 +101,18 @@ impl Metrics {
     /// The exposition text, with the queue gauges read from `store` now.
     pub fn render(&self, store: &Store) -> String {
         let now = now_ms();
-        self.pending.set(store.pending_count() as i64);
+        let pending = store.pending_count() as i64;
+        self.pending.set(pending);
+        let waiting = self.waiting.get().min(pending);
+        let (failed, delivered) = store.finished_counts();
+        for (state, n) in [
+            ("pending", pending - waiting),
+            ("waiting", waiting),
+            ("failed", failed as i64),
+            ("delivered", delivered as i64),
+        ] {
+            self.by_state.get_or_create(&StateLabels { state: state.to_owned() }).set(n);
+        }
         if let Ok(pauses) = store.pauses() {
             self.paused.set(pauses.iter().filter(|(_, until)| *until > now).count() as i64);
         }

@@ -120,6 +120,9 @@ pub async fn run(
     let stamp = d.settings.heartbeat_ms.clone();
     loop {
         stamp.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(m) = &d.settings.metrics {
+            m.waiting.set(d.timers.len() as i64);
+        }
         d.fill()?;
         let next_timer = d.timers.peek().map(|Reverse((at, _))| *at);
         let timer = async move {

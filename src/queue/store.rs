@@ -438,6 +438,9 @@ struct Inner {
     repeat_window_ms: AtomicU64,
     /// Pending events now (kept by the committer; read anywhere).
     pending: AtomicU64,
+    /// Failed and delivered records kept now.
+    failed: AtomicU64,
+    delivered: AtomicU64,
     /// Intake bounds.
     limits: Mutex<Limits>,
     /// Next sequence number to give out (owned by the committer).
@@ -557,11 +560,27 @@ impl Store {
             requeued: Mutex::new(Vec::new()),
             repeat_window_ms: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
             limits: Mutex::new(Limits::default()),
             next_seq: AtomicU64::new(next_seq),
             metrics: std::sync::OnceLock::new(),
         });
         inner.pending.store(inner.tree.scan_prefix([b'p']).count() as u64, Ordering::SeqCst);
+        let (mut failed, mut delivered) = (0, 0);
+        for item in inner.tree.scan_prefix([b'e']) {
+            #[derive(serde::Deserialize)]
+            struct StateOnly {
+                state: State,
+            }
+            match serde_json::from_slice::<StateOnly>(&item?.1).map(|r| r.state) {
+                Ok(State::Failed) => failed += 1,
+                Ok(State::Delivered) => delivered += 1,
+                _ => {}
+            }
+        }
+        inner.failed.store(failed, Ordering::SeqCst);
+        inner.delivered.store(delivered, Ordering::SeqCst);
         mark.write(stored_commit)?;
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
@@ -825,6 +844,11 @@ impl Store {
         self.inner.pending.load(Ordering::SeqCst) as usize
     }
 
+    /// Failed and delivered records kept now: `(failed, delivered)`.
+    pub fn finished_counts(&self) -> (u64, u64) {
+        (self.inner.failed.load(Ordering::SeqCst), self.inner.delivered.load(Ordering::SeqCst))
+    }
+
     /// Sets the intake bounds (see [`Limits`]).
     pub fn set_limits(&self, limits: Limits) {
         *self.inner.limits.lock().expect("limits lock") = limits;
@@ -911,6 +935,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
         let limits = *inner.limits.lock().expect("limits lock");
         let mut room: Option<Result<u64, StoreError>> = None;
         let mut pending_delta: i64 = 0;
+        let (mut failed_delta, mut delivered_delta): (i64, i64) = (0, 0);
         for req in group {
             let result = match req.op {
                 Op::Insert(events) => {
@@ -943,9 +968,15 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                 }
                 Op::Outcome { seq, outcome } => {
                     let finishes = !matches!(outcome, Outcome::Retry { .. });
+                    let delivered = matches!(outcome, Outcome::Delivered { .. });
                     let result = prepare_outcome(inner, seq, outcome, &mut batch, &mut written, &mut alerts);
                     if matches!(result, Ok(true)) && finishes {
                         pending_delta -= 1;
+                        if delivered {
+                            delivered_delta += 1;
+                        } else {
+                            failed_delta += 1;
+                        }
                     }
                     result.map(|_| Reply::Done)
                 }
@@ -954,6 +985,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     if let Ok(entries) = &changed {
                         requeued.extend(entries.iter().cloned());
                         pending_delta += entries.len() as i64;
+                        failed_delta -= entries.len() as i64;
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
@@ -961,11 +993,24 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     let changed = prepare_admin(inner, &seqs, AdminChange::Expire, &mut batch, &mut written);
                     if let Ok(entries) = &changed {
                         pending_delta -= entries.len() as i64;
+                        failed_delta += entries.len() as i64;
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
-                Op::Remove(seqs) => prepare_admin(inner, &seqs, AdminChange::Remove, &mut batch, &mut written)
-                    .map(|e| Reply::Changed(e.len())),
+                Op::Remove(seqs) => {
+                    let changed = prepare_admin(inner, &seqs, AdminChange::Remove, &mut batch, &mut written);
+                    if let Ok(entries) = &changed {
+                        // For removals, each entry's routing_key field names the state removed.
+                        for e in entries {
+                            if e.routing_key == State::Delivered.as_str() {
+                                delivered_delta -= 1;
+                            } else {
+                                failed_delta -= 1;
+                            }
+                        }
+                    }
+                    changed.map(|e| Reply::Changed(e.len()))
+                }
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
             };
@@ -998,13 +1043,9 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         .inc_by(*n);
                 }
             }
-            if pending_delta >= 0 {
-                inner.pending.fetch_add(pending_delta as u64, Ordering::SeqCst);
-            } else {
-                let _ = inner.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
-                    Some(p.saturating_sub(pending_delta.unsigned_abs()))
-                });
-            }
+            add(&inner.pending, pending_delta);
+            add(&inner.failed, failed_delta);
+            add(&inner.delivered, delivered_delta);
         }
         for (reply, result) in replies {
             let result = match &committed {
@@ -1020,6 +1061,11 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
             inner.queued.notify_one();
         }
     }
+}
+
+/// Adds a signed change to a counter, never below zero.
+fn add(counter: &AtomicU64, delta: i64) {
+    let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_add_signed(delta)));
 }
 
 /// How many more events intake may store now: the queue's size limit less what is pending, or
@@ -1273,7 +1319,7 @@ fn prepare_admin(
             (AdminChange::Remove, State::Delivered | State::Failed) => {
                 batch.remove(&key(b'e', seq));
                 batch.remove(id_key(&record.id));
-                changed.push(PendingEntry { seq, routing_key: String::new(), dedup_key: None });
+                changed.push(PendingEntry { seq, routing_key: record.state.as_str().to_owned(), dedup_key: None });
                 continue;
             }
             _ => {
@@ -1388,6 +1434,16 @@ mod tests {
         drop(store);
         let reopened = Store::open(&dir.path().join("q")).unwrap();
         assert_eq!(reopened.pending_count(), 1);
+        assert_eq!(reopened.finished_counts(), (0, 1), "counts by state survive a restart");
+        reopened
+            .record_outcome(a[1].seq, Outcome::Failed { status: Some(400), reason: "x".into(), errors: vec![] })
+            .await
+            .unwrap();
+        assert_eq!((reopened.pending_count(), reopened.finished_counts()), (0, (1, 1)));
+        assert_eq!(reopened.retry_failed(vec![a[1].seq]).await.unwrap(), 1);
+        assert_eq!((reopened.pending_count(), reopened.finished_counts()), (1, (0, 1)));
+        assert_eq!(reopened.remove_finished(vec![a[0].seq]).await.unwrap(), 1);
+        assert_eq!(reopened.finished_counts(), (0, 0));
     }
 
     #[test]

@@ -150,7 +150,9 @@ fn metrics_are_scraped_and_parse_as_prometheus_text() {
             && value(s, "pdrelay_intake_events_total", Some(("source", "spool"))) == 1.0
             && value(s, "pdrelay_deliveries_total", Some(("outcome", "delivered"))) == 2.0
             && value(s, "pdrelay_deliveries_total", Some(("status", "503"))) == 1.0
-            && value(s, "pdrelay_queue_pending_events", None) == 0.0;
+            && value(s, "pdrelay_queue_pending_events", None) == 0.0
+            && value(s, "pdrelay_queue_events", Some(("state", "delivered"))) == 2.0
+            && value(s, "pdrelay_queue_events", Some(("state", "failed"))) == 0.0;
         parsed = Some(scrape);
         done
     });
