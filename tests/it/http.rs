@@ -589,16 +589,6 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
-/// Kills the child process on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A real sender: Prometheus Alertmanager (Debian's prometheus-alertmanager) with a PagerDuty
 /// receiver whose url is the listener. An alert fired through its API arrives at the fake
 /// Events API as a trigger, and its end as a resolve with the same dedup key. Skipped when
@@ -632,7 +622,7 @@ fn alertmanager_pages_through_the_listener() {
     .unwrap();
     let am_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
-    let _am = Killed(
+    let _am = KillOnDrop(
         std::process::Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.path={}", dir.join("data").display()))

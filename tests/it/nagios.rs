@@ -339,15 +339,6 @@ define service {{
     }
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_until_or(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool, context: &dyn Fn() -> String) {
     let end = std::time::Instant::now() + deadline;
     while !cond() {

@@ -49,15 +49,6 @@ fn systemd_gets_ready_then_watchdog_pings_then_stopping() {
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_configured_proxy_carries_the_events() {
     // events_url names a host that does not exist; only the proxy (the fake, which answers

@@ -234,3 +234,14 @@ impl TestEnv {
         v["result"].clone()
     }
 }
+
+/// A child process killed (and reaped) when dropped: Nagios cores, Alertmanager, daemons started
+/// by hand in a test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
