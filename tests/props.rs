@@ -17,7 +17,7 @@ use pdrelay::intake::nagios::{
     NagiosSettings, Notification,
 };
 use pdrelay::intake::spool::{is_spool_file, parse_spool_file};
-use pdrelay::queue::record::{Record, State};
+use pdrelay::queue::record::Record;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -1198,20 +1198,7 @@ fn the_nagios_generators_reach_every_outcome() {
 // ---------------------------------------------------------------------------------------------
 
 fn record(event: Event) -> Record {
-    Record {
-        id: "0191e7a2-7c5e-7a41-9a0e-5f2d2b0c1d2e".into(),
-        seq: 1,
-        accepted_at_ms: 1,
-        intake: "spool".into(),
-        event,
-        state: State::Pending,
-        attempts: 0,
-        next_attempt_at_ms: None,
-        last_attempt_at_ms: None,
-        last_status: None,
-        last_error: None,
-        errors: Vec::new(),
-    }
+    Record::pending("0191e7a2-7c5e-7a41-9a0e-5f2d2b0c1d2e".into(), 1, 1, "spool", event)
 }
 
 proptest! {

@@ -72,6 +72,24 @@ pub enum StoredRecord {
 }
 
 impl Record {
+    /// A newly accepted event: pending, never attempted.
+    pub fn pending(id: String, seq: u64, accepted_at_ms: u64, intake: &str, event: Event) -> Record {
+        Record {
+            id,
+            seq,
+            accepted_at_ms,
+            intake: intake.to_owned(),
+            event,
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_at_ms: None,
+            last_attempt_at_ms: None,
+            last_status: None,
+            last_error: None,
+            errors: Vec::new(),
+        }
+    }
+
     /// Encodes for the database.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&StoredRecordRef::V1(self)).expect("records serialize to JSON without fail")

@@ -1127,27 +1127,12 @@ fn prepare_insert(
                 }
                 // A different event reusing an id: never drop it; store it under a new id.
                 warn!(id = %id, "an event reused an id already stored for a different event; stored under a new id");
-                let mut renamed = new;
-                renamed.id = None;
-                new = renamed;
+                new.id = None;
             }
         }
         let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let seq = inner.next_seq.fetch_add(1, Ordering::SeqCst);
-        let record = Record {
-            id: id.clone(),
-            seq,
-            accepted_at_ms: now,
-            intake: new.intake.to_owned(),
-            state: State::Pending,
-            attempts: 0,
-            next_attempt_at_ms: None,
-            last_attempt_at_ms: None,
-            last_status: None,
-            last_error: None,
-            errors: Vec::new(),
-            event: new.event,
-        };
+        let record = Record::pending(id.clone(), seq, now, new.intake, new.event);
         batch.insert(&key(b'e', seq), record.encode());
         batch.insert(id_key(&id), &seq.to_be_bytes());
         batch.insert(&key(b'p', seq), encode_pending(&record.event));
