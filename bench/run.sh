@@ -2,6 +2,8 @@
 # pdrelay benchmarks: one command, figures printed as a table (and bench/results.json).
 #   bench/run.sh          full run (1,000,000 pending; about 5 minutes on 2 cores)
 #   QUICK=1 bench/run.sh  smaller counts (about 1 minute)
+#   ONLY="pending drain" bench/run.sh   some parts: idle (with latency and send), intake, pending,
+#                                       spool, drain
 # Everything runs on this machine: the daemon (release build), the receiver (the tests' fake
 # Events API, release build) on 127.0.0.1, and Python clients.
 set -euo pipefail
@@ -48,11 +50,13 @@ kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
 wakeups() { # context switches of all the daemon's threads
   cat /proc/"$1"/task/*/status | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s+=$2} END {print s}'
 }
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 say() { echo "$1" | tee -a "$RESULTS"; }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 
 # 1. Idle: resident memory and wake-ups with an empty queue.
+if want idle; then
 config idle 1000000; receiver; daemon idle; sleep 2
 w0=$(wakeups $DPID); sleep 10; w1=$(wakeups $DPID)
 say "idle_rss_kb $(kb $DPID VmRSS)"
@@ -68,23 +72,31 @@ for i in $(seq $SENDS); do "$B" send --config "$W/idle/config.toml" -q -k R00000
 end=$(date +%s.%N)
 say "send_ms_per_event $(awk -v a=$start -v b=$end -v n=$SENDS 'BEGIN {printf "%.2f", (b-a)*1000/n}')"
 stop $DPID; stop $RECV
+fi
 
 # 4. Durable socket intake: pipelined on 4 connections, each "ok" after its group commit.
 #    The receiver throttles (429, Retry-After 1 h) so deliveries pause and do not compete.
-config intake 10000000; receiver throttle 3600; daemon intake
+if want intake || want pending; then receiver throttle 3600; fi
+if want intake; then
+config intake 10000000; daemon intake
 say "socket_intake $(python3 bench/client.py "$W/intake/run/pdrelay.sock" $INTAKE 4 100)"
 stop $DPID
+fi
 
 # 5. A large backlog with PagerDuty away: peak memory, disk per event, refusal past the limit.
+if want pending; then
 config pending $PENDING; daemon pending
 say "pending_intake $(python3 bench/client.py "$W/pending/run/pdrelay.sock" $PENDING 4 100)"
 say "pending_rss_kb $(kb $DPID VmRSS)"
 say "pending_peak_rss_kb $(kb $DPID VmHWM)"
 say "pending_disk_bytes_per_event $(( $(du -sb "$W/pending/state" | cut -f1) / PENDING ))"
 say "past_limit $(python3 bench/client.py "$W/pending/run/pdrelay.sock" 4 1 100 | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_error"])')"
-stop $DPID; stop $RECV; rm -rf "$W/pending" "$W/intake"
+stop $DPID; rm -rf "$W/pending"
+fi
+if want intake || want pending; then stop $RECV; rm -rf "$W/intake"; fi
 
 # 6. Spool intake: files dropped by a producer (rename into place), 429-paused receiver.
+if want spool; then
 config spool 10000000; receiver throttle 3600; daemon spool
 python3 - "$W/spool/spool" "$((INTAKE / 10))" > "$W/spool.json" <<'PY'
 import json, os, sys, time
@@ -103,8 +115,10 @@ print(json.dumps({"files": n, "seconds": round(took, 3), "per_second": round(n /
 PY
 say "spool_intake $(cat "$W/spool.json")"
 stop $DPID; stop $RECV
+fi
 
 # 7. Drain: a backlog over 100 routing keys, held by 429s for 15 s, then delivered to the receiver.
+if want drain; then
 config drain 10000000; receiver throttle 15; daemon drain
 python3 bench/client.py "$W/drain/run/pdrelay.sock" $DRAIN 4 100 > /dev/null
 for _ in $(seq 600); do [ "$(grep -c enqueue "$W/received.log")" -ge $DRAIN ] && break; sleep 0.5; done
@@ -115,5 +129,6 @@ print(json.dumps({"events": len(t), "seconds": round(t[-1] - t[0], 3), "per_seco
 PY
 )"
 stop $DPID; stop $RECV
+fi
 cp "$RESULTS" bench/results.txt 2>/dev/null || true
 echo "results in bench/results.txt"
