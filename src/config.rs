@@ -109,12 +109,15 @@ pub struct QueueSection {
     pub max_pending: u64,
     /// Intake refuses while the disk holding state_dir has less free space than this, in bytes.
     pub min_free_bytes: u64,
+    /// Most pending events held in memory for dispatch (at least 1); more stay on disk and are
+    /// read in order as these finish. Bounds the dispatcher's memory (about 150 bytes each).
+    pub dispatch_window: usize,
 }
 
 impl Default for QueueSection {
     fn default() -> Self {
         let limits = crate::queue::store::Limits::default();
-        QueueSection { max_pending: limits.max_pending, min_free_bytes: limits.min_free_bytes }
+        QueueSection { max_pending: limits.max_pending, min_free_bytes: limits.min_free_bytes, dispatch_window: 20_000 }
     }
 }
 
@@ -501,6 +504,9 @@ impl Config {
         if file.queue.max_pending == 0 {
             problems.push("queue.max_pending: must be at least 1".to_owned());
         }
+        if file.queue.dispatch_window == 0 {
+            problems.push("queue.dispatch_window: must be at least 1".to_owned());
+        }
         if file.retention.sweep_interval < Duration::from_millis(100) {
             problems.push("retention.sweep_interval: must be at least 100ms".to_owned());
         }
@@ -725,7 +731,7 @@ mod tests {
             ("mapping", vec!["default_source", "default_severity", "drop_repeated_triggers"]),
             ("retention", vec!["delivered", "failed", "max_pending_age", "sweep_interval"]),
             ("nagios", vec!["notification_types", "severity", "resolve_on_flapping_stop"]),
-            ("queue", vec!["max_pending", "min_free_bytes"]),
+            ("queue", vec!["max_pending", "min_free_bytes", "dispatch_window"]),
             ("metrics", vec!["listen", "textfile", "textfile_interval"]),
             ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
         ] {
@@ -786,6 +792,14 @@ mod tests {
         assert_eq!(c.nagios.severity["UNKNOWN"], Severity::Error);
         let err = Config::from_toml("[nagios.notification_types]\nPROBLEM = \"page\"\n").unwrap_err().to_string();
         assert!(err.contains("nagios.notification_types.PROBLEM"), "{err}");
+    }
+
+    #[test]
+    fn dispatch_window_defaults_and_must_be_positive() {
+        assert_eq!(Config::from_toml("").unwrap().file.queue.dispatch_window, 20_000);
+        assert_eq!(Config::from_toml("[queue]\ndispatch_window = 5\n").unwrap().file.queue.dispatch_window, 5);
+        let err = Config::from_toml("[queue]\ndispatch_window = 0\n").unwrap_err().to_string();
+        assert_eq!(err, "queue.dispatch_window: must be at least 1");
     }
 
     #[test]

@@ -150,6 +150,7 @@ async fn serve(
         client,
         live: live.clone(),
         concurrency: file.pagerduty.concurrency,
+        window: file.queue.dispatch_window,
         shutdown_timeout: file.shutdown_timeout,
         failing: Default::default(),
         heartbeat: watchdog.map(|w| w / 4),

@@ -1001,13 +1001,34 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// Events stored in a burst after which, once the burst ends, freed heap memory is handed back.
+const TRIM_AFTER_EVENTS: u64 = 10_000;
+
+/// Hands freed heap memory back to the system. An intake burst allocates on the runtime's
+/// threads and frees on the committer's, which leaves glibc's per-thread arenas holding freed
+/// pages: measured with 200,000 pending (bench/run.sh), 130 MB resident before, see README
+/// "Performance" after. `malloc_trim(3)` walks every arena; it takes milliseconds, and runs
+/// only when a burst has ended (the committer has nothing waiting).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The committer thread: group, write, flush, fsync, answer.
 fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mut rx: mpsc::Receiver<Option<Request>>) {
     let mut synced_blobs: HashSet<OsString> = HashSet::new();
     let take_priority = || std::mem::take(&mut *inner.priority.lock().expect("priority lock"));
+    let mut stored_since_trim = 0u64;
     loop {
         let mut group = take_priority();
         if group.is_empty() {
+            if rx.is_empty() && stored_since_trim >= TRIM_AFTER_EVENTS {
+                release_free_memory();
+                stored_since_trim = 0;
+            }
             match rx.blocking_recv() {
                 Some(Some(first)) => group.push(first),
                 Some(None) => {}
@@ -1068,6 +1089,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                             );
                             *n = n.saturating_sub(stored);
                             pending_delta += stored as i64;
+                            stored_since_trim += stored;
                             result.map(Reply::Inserted)
                         }
                         Ok(_) => Err(StoreError::Full(format!(

@@ -248,6 +248,63 @@ fn a_429_pauses_only_its_routing_key() {
 }
 
 #[test]
+fn a_paused_routing_key_does_not_starve_others_in_a_small_dispatch_window() {
+    // A window of 5 and 20 events of a routing key paused for an hour: the paused key's events
+    // must leave the window, or the other key's events behind them are never loaded.
+    let env = TestEnv::with_config("[queue]\ndispatch_window = 5\n[retry]\nmax_retry_after = \"1h\"\n");
+    let (paused, other) = (routing_key(12), routing_key(13));
+    for _ in 0..20 {
+        env.fake.push_fault_for(&paused, Fault::TooMany(Some(3600)));
+    }
+    let _d = env.start();
+    // One file is stored in one commit, so the window fills with the paused key's first events
+    // before its first 429 comes back.
+    let mut lines: Vec<String> = (0..20).map(|i| trigger(&paused, &format!("p{i}"), "paused for an hour")).collect();
+    lines.extend((0..10).map(|i| trigger(&other, &format!("o{i}"), "not paused")));
+    env.drop_file("backlog.ndjson", &lines.join("\n"));
+    let got = env.fake.wait_accepted(10, WAIT);
+    assert!(got.iter().all(|r| r.body["routing_key"] == other.as_str()), "only the other key is delivered");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.fake.accepted().len(), 10);
+    // Each request of the paused key was a 429; at most the window's first events were tried,
+    // each once, and none again during the pause.
+    let paused_requests = env.fake.requests() - 10;
+    assert!((1..=5).contains(&paused_requests), "requests for the paused key: {paused_requests}");
+}
+
+#[test]
+fn a_dispatch_window_of_3_keeps_order_per_dedup_key() {
+    let env = TestEnv::with_config("[queue]\ndispatch_window = 3\n");
+    for _ in 0..3 {
+        env.fake.push_fault(Fault::Status(503));
+    }
+    let _d = env.start();
+    let rk = routing_key(14);
+    let mut c = env.connect();
+    let mut sent: HashMap<String, Vec<u64>> = HashMap::new();
+    for n in 0..30u64 {
+        // An uneven mix, so that a line often holds several loaded events.
+        let key = format!("key-{}", (n * n + n / 4) % 3);
+        let line = json!({"routing_key": rk, "event_action": "trigger", "dedup_key": key,
+            "payload": {"summary": format!("step {n}"), "source": "h", "severity": "info", "custom_details": {"n": n}}});
+        c.send_line(&line.to_string());
+        sent.entry(key).or_default().push(n);
+    }
+    for _ in 0..30 {
+        assert_eq!(c.read_reply()["ok"], true);
+    }
+    assert_eq!(sent.len(), 3);
+    let got = env.fake.wait_accepted(30, Duration::from_secs(60));
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in &got {
+        seen.entry(r.body["dedup_key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r.body["payload"]["custom_details"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen, sent, "every event once, in the order enqueued per dedup key");
+}
+
+#[test]
 fn a_400_moves_the_event_to_failed_with_pagerdutys_errors() {
     let env = TestEnv::new();
     let d = env.start();
