@@ -87,6 +87,7 @@ fi
 if want pending; then
 config pending $PENDING; daemon pending
 say "pending_intake $(python3 bench/client.py "$W/pending/run/pdrelay.sock" $PENDING 4 100)"
+sleep 2 # steady state: the burst is over and freed memory handed back
 say "pending_rss_kb $(kb $DPID VmRSS)"
 say "pending_peak_rss_kb $(kb $DPID VmHWM)"
 say "pending_disk_bytes_per_event $(( $(du -sb "$W/pending/state" | cut -f1) / PENDING ))"
