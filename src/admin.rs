@@ -291,7 +291,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
                 .into_iter()
                 .filter(|a| a.is_open())
                 .map(|a| OpenAlert {
-                    routing_key: format!("{}…", &a.routing_key[..6.min(a.routing_key.len())]),
+                    routing_key: crate::event::redact_routing_key(&a.routing_key),
                     dedup_key: a.dedup_key,
                     last_action: a.last_action.as_str().to_owned(),
                     at: rfc3339(a.at_ms),
@@ -373,7 +373,7 @@ fn status(store: &Store, now: u64) -> Result<StatusReport, StoreError> {
         .pauses()?
         .into_iter()
         .filter(|(_, until)| *until > now)
-        .map(|(k, until)| (format!("{}…", &k[..6.min(k.len())]), rfc3339(until)))
+        .map(|(k, until)| (crate::event::redact_routing_key(&k), rfc3339(until)))
         .collect();
     let (success, error) = store.last_events()?;
     Ok(StatusReport {

@@ -110,7 +110,7 @@ pub struct QueueSection {
     /// Intake refuses while the disk holding state_dir has less free space than this, in bytes.
     pub min_free_bytes: u64,
     /// Most pending events held in memory for dispatch (at least 1); more stay on disk and are
-    /// read in order as these finish. Bounds the dispatcher's memory (about 150 bytes each).
+    /// read in order as these finish. Bounds the dispatcher's memory.
     pub dispatch_window: usize,
 }
 

@@ -69,8 +69,14 @@ impl RoutingKey {
 
     /// The first 6 characters and an ellipsis: the only form that goes into logs and listings.
     pub fn redacted(&self) -> String {
-        format!("{}…", &self.0[..6])
+        redact_routing_key(&self.0)
     }
+}
+
+/// A routing key as logs and listings show it: its first 6 characters and an ellipsis (all of
+/// it, then the ellipsis, when shorter, as a stored key never is).
+pub fn redact_routing_key(key: &str) -> String {
+    format!("{}…", key.get(..6).unwrap_or(key))
 }
 
 impl TryFrom<String> for RoutingKey {

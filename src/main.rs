@@ -364,14 +364,14 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let stop = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        // The handlers are installed now, not when `stop` is first polled (after the socket
+        // listens): a SIGTERM in between would otherwise kill the process without a shutdown.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+        let stop = async move {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = received(&mut term) => {}
+                _ = received(&mut int) => {}
             }
         };
         // systemd (Type=notify): READY=1 once the store is open and the socket listens;
@@ -411,5 +411,15 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             );
             ExitCode::from(if damaged { EXIT_DAMAGED } else { 1 })
         }
+    }
+}
+
+/// Waits for the next delivery of a signal; forever when its handler could not be installed.
+async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }

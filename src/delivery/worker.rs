@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::retry::{classify, retry_delay, Decision};
 
-use crate::event::EventAction;
+use crate::event::{redact_routing_key, EventAction};
 use crate::pagerduty::client::{Attempt, EventsClient};
 use crate::queue::record::{Record, State};
 use crate::queue::store::{now_ms, Outcome, PendingEntry, Store, StoreError};
@@ -141,11 +141,6 @@ fn line_key(routing_key: &str, dedup_key: Option<&str>, seq: u64) -> LineKey {
         }
     }
     h.finish()
-}
-
-/// A routing key as logs show it: the first 6 characters.
-fn redact(rk: &str) -> String {
-    format!("{}…", rk.get(..6).unwrap_or(rk))
 }
 
 /// Runs delivery until `shutdown` completes, then lets in-flight deliveries finish for up to
@@ -346,7 +341,7 @@ impl Dispatcher {
         for rk in keys {
             if reached_end {
                 self.evicted.remove(&rk);
-                debug!(routing_key = %redact(&rk), "evicted events of a routing key are loaded again");
+                debug!(routing_key = %redact_routing_key(&rk), "evicted events of a routing key are loaded again");
             } else if let Some(marker) = self.evicted.get_mut(&rk) {
                 *marker = (*marker).max(pos);
             }
@@ -428,7 +423,7 @@ impl Dispatcher {
         let marker = self.evicted.entry(rk.clone()).or_insert(lowest);
         *marker = (*marker).min(lowest);
         if dropped > 0 {
-            debug!(routing_key = %redact(rk), dropped, "events of a paused routing key left memory; they stay queued");
+            debug!(routing_key = %redact_routing_key(rk), dropped, "events of a paused routing key left memory; they stay queued");
         }
     }
 
@@ -528,7 +523,7 @@ impl Dispatcher {
                         let until = self.paused.entry(rk.clone()).or_insert(0);
                         if *until < at_ms {
                             *until = at_ms;
-                            warn!(routing_key = %redact(&rk), pause_s = (at_ms.saturating_sub(now_ms())) / 1000, "routing key paused by PagerDuty rate limit");
+                            warn!(routing_key = %redact_routing_key(&rk), pause_s = (at_ms.saturating_sub(now_ms())) / 1000, "routing key paused by PagerDuty rate limit");
                         }
                         // Free the window for other routing keys (this line included: it is no
                         // longer in flight).
