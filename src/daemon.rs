@@ -125,6 +125,7 @@ async fn serve(
             dirs: file.ingest.spool_dirs.clone(),
             rescan_interval: file.ingest.rescan_interval,
             max_file_bytes: file.ingest.max_file_bytes,
+            max_line_bytes: file.ingest.max_line_bytes,
             live: live.clone(),
         },
         store.clone(),

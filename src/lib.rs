@@ -13,7 +13,8 @@
 //! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
-//! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments).
+//! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments), [`text`] (escaping
+//! producer text for logs and terminals).
 
 pub mod admin;
 pub mod cli;
@@ -28,3 +29,4 @@ pub mod metrics;
 pub mod pagerduty;
 pub mod queue;
 pub mod send;
+pub mod text;

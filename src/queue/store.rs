@@ -977,6 +977,11 @@ impl Store {
         *self.inner.limits.lock().expect("limits lock") = limits;
     }
 
+    /// The intake bounds in force.
+    pub fn limits(&self) -> Limits {
+        *self.inner.limits.lock().expect("limits lock")
+    }
+
     /// Routing keys paused by a 429 (or v1 403), with pause-until in ms since the epoch.
     pub fn pauses(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut out = Vec::new();
