@@ -548,8 +548,10 @@ fn direct(queue: &Path, socket: &Path, request: AdminRequest) -> Result<AdminAns
     result
 }
 
-/// Renders an answer as the human tables the CLI prints.
+/// Renders an answer as the human tables the CLI prints. Producer text (dedup keys, summaries)
+/// and PagerDuty's error texts are shown escaped ([`crate::text::Escaped`]).
 pub fn render(answer: &AdminAnswer) -> String {
+    use crate::text::{escaped, Escaped};
     use std::fmt::Write as _;
     let mut out = String::new();
     match answer {
@@ -570,7 +572,7 @@ pub fn render(answer: &AdminAnswer) -> String {
             let _ = writeln!(
                 out,
                 "last error      {}",
-                s.last_error.as_ref().map(|(at, e)| format!("{at} {e}")).as_deref().unwrap_or("-")
+                s.last_error.as_ref().map(|(at, e)| format!("{at} {}", Escaped(e))).as_deref().unwrap_or("-")
             );
             if !s.routing_keys.is_empty() {
                 let _ = writeln!(
@@ -603,6 +605,7 @@ pub fn render(answer: &AdminAnswer) -> String {
                 let state =
                     serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                 let dedup: String = r.dedup_key.as_deref().unwrap_or("-").chars().take(24).collect();
+                let dedup = escaped(&dedup);
                 let _ = writeln!(
                     out,
                     "{:<36} {:<9} {:<6} {:<8} {:<11} {:>3} {:<24} {}",
@@ -613,7 +616,7 @@ pub fn render(answer: &AdminAnswer) -> String {
                     r.action.as_deref().unwrap_or("change"),
                     r.attempts,
                     dedup,
-                    r.summary.as_deref().unwrap_or("")
+                    Escaped(r.summary.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -622,7 +625,7 @@ pub fn render(answer: &AdminAnswer) -> String {
             let _ = writeln!(out, "state        {}", record.state.as_str());
             let _ = writeln!(out, "api          {}", record.event.kind().as_str());
             let _ = writeln!(out, "routing key  {}", record.event.routing_key().redacted());
-            let _ = writeln!(out, "dedup key    {}", record.event.dedup_key().unwrap_or("-"));
+            let _ = writeln!(out, "dedup key    {}", Escaped(record.event.dedup_key().unwrap_or("-")));
             let _ = writeln!(out, "accepted     {} (via {})", rfc3339(record.accepted_at_ms), record.intake);
             let _ = writeln!(out, "attempts     {}", record.attempts);
             if let Some(at) = record.last_attempt_at_ms {
@@ -635,16 +638,17 @@ pub fn render(answer: &AdminAnswer) -> String {
                 let _ = writeln!(out, "last status  {status}");
             }
             if let Some(e) = &record.last_error {
-                let _ = writeln!(out, "last error   {e}");
+                let _ = writeln!(out, "last error   {}", Escaped(e));
             }
             for e in &record.errors {
-                let _ = writeln!(out, "error        {e}");
+                let _ = writeln!(out, "error        {}", Escaped(e));
             }
             let body: serde_json::Value = serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
             let _ = writeln!(
                 out,
                 "event        {}",
-                serde_json::to_string_pretty(&body).unwrap_or_default().replace('\n', "\n             ")
+                crate::text::escape_controls(&serde_json::to_string_pretty(&body).unwrap_or_default())
+                    .replace('\n', "\n             ")
             );
         }
         AdminAnswer::Changed(n) => {
@@ -660,8 +664,8 @@ pub fn render(answer: &AdminAnswer) -> String {
                     a.routing_key,
                     state,
                     a.at,
-                    a.dedup_key,
-                    a.summary.as_deref().unwrap_or("")
+                    escaped(&a.dedup_key),
+                    Escaped(a.summary.as_deref().unwrap_or(""))
                 );
             }
         }

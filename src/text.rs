@@ -34,6 +34,21 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Escapes the control characters and bidirectional overrides left in text that is already
+/// escaped in another way (JSON from serde_json, which leaves C1 controls and overrides as they
+/// are); backslashes are kept.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\\' && c != '\n' && needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Escapes producer text into a new string (see [`Escaped`]).
 pub fn escaped(text: &str) -> String {
     Escaped(text).to_string()
@@ -65,6 +80,11 @@ mod tests {
         ] {
             assert_eq!(escaped(input), shown, "{input:?}");
         }
+    }
+
+    #[test]
+    fn controls_left_in_json_text_are_escaped_and_its_escapes_kept() {
+        assert_eq!(escape_controls("{\"s\": \"a\\u001b\u{9b}2J\"}\n"), "{\"s\": \"a\\u001b\\u{9b}2J\"}\n");
     }
 
     #[test]

@@ -594,7 +594,7 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
             (Outcome::Delivered { status: status.unwrap_or(0) }, Done::Finished)
         }
         Decision::Failed { reason, errors } => {
-            error!(id = %record.id, routing_key = %rk, %reason, errors = ?errors, "PagerDuty refused the event; it is kept as failed (see `pdrelay queue show`)");
+            error!(id = %record.id, routing_key = %rk, reason = %crate::text::Escaped(&reason), errors = ?errors, "PagerDuty refused the event; it is kept as failed (see `pdrelay queue show`)");
             (Outcome::Failed { status, reason, errors }, Done::Finished)
         }
         Decision::Retry { reason, retry_after, pause_routing_key } => {

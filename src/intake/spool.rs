@@ -65,6 +65,8 @@ const BYTES_PER_COMMIT: usize = 4 * 1024 * 1024;
 const EVENTS_PER_COMMIT: usize = 1_000;
 /// `.ndjson` files larger than this, in bytes, are streamed rather than read whole.
 const STREAM_FROM_BYTES: u64 = 1024 * 1024;
+/// How often a missing or unwatched spool directory is looked for.
+const DIR_RETRY: Duration = Duration::from_secs(1);
 /// Longest file name on Linux file systems, in bytes.
 const NAME_MAX: usize = 255;
 
@@ -100,12 +102,14 @@ fn is_pl_file(name: &str) -> bool {
 }
 
 /// Whether an inotify event can mean a new file to read: created, renamed in, or closed after
-/// writing. Opens, reads, attribute changes and removals cannot.
+/// writing. Opens, reads, attribute changes, removals and renames out (the daemon's own claims)
+/// cannot.
 pub fn is_arrival(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     use notify::EventKind;
     match kind {
         EventKind::Create(_) => true,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => false,
         EventKind::Modify(ModifyKind::Name(_)) => true,
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         // An overflowed queue or an unknown event: scan to be safe.
@@ -180,10 +184,21 @@ pub async fn run(settings: SpoolSettings, store: Store, mut shutdown: Shutdown) 
     // A capacity of one: a wake-up that finds one waiting is not needed.
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let for_watcher = wake_tx.clone();
+    let dirs = settings.dirs.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only arrivals wake a scan: our own scan opens and reads the directory, and waking on
-        // those events would scan in a loop.
-        if res.map(|e| is_arrival(&e.kind)).unwrap_or(true) {
+        // Only arrivals in a spool directory wake a scan: our own scan opens and reads the
+        // directory, and waking on those events would scan in a loop. The directories' parents
+        // are watched too, so that a spool directory removed or made again wakes one (and the
+        // next round watches it again).
+        let wake = match res {
+            Ok(e) => {
+                let inside = e.paths.is_empty()
+                    || e.paths.iter().any(|p| p.parent().is_some_and(|d| dirs.iter().any(|s| s == d)));
+                (is_arrival(&e.kind) && inside) || e.paths.iter().any(|p| dirs.contains(p))
+            }
+            Err(_) => true,
+        };
+        if wake {
             let _ = for_watcher.try_send(());
         }
     });
@@ -405,7 +420,12 @@ impl SpoolIntake {
             if self.shutdown.is_set() {
                 return;
             }
-            match wake.recv_timeout(self.settings.rescan_interval) {
+            // A directory that is missing or not watched is looked at every second until it is
+            // back, so that files dropped into a re-made directory do not wait for a rescan.
+            let impaired = self.dirs.iter().any(|d| d.handles.is_none() || (self.watcher.is_some() && !d.watched));
+            let wait =
+                if impaired { self.settings.rescan_interval.min(DIR_RETRY) } else { self.settings.rescan_interval };
+            match wake.recv_timeout(wait) {
                 Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -471,6 +491,10 @@ impl SpoolIntake {
         }
         if !dir.watched {
             if let Some(w) = self.watcher.as_mut() {
+                if let Some(parent) = dir.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    // Best effort: without it, a re-made directory is found by the next rescan.
+                    let _ = w.watch(parent, notify::RecursiveMode::NonRecursive);
+                }
                 match w.watch(&dir.path, notify::RecursiveMode::NonRecursive) {
                     Ok(()) => dir.watched = true,
                     Err(e) => {
@@ -875,7 +899,7 @@ fn too_many(events: usize, max_pending: u64) -> String {
 fn modified_within(stat: &rustix::fs::Stat, quiet: Duration) -> bool {
     let mtime = std::time::UNIX_EPOCH
         + Duration::from_secs(stat.st_mtime.max(0) as u64)
-        + Duration::from_nanos(stat.st_mtime_nsec.max(0) as u64);
+        + Duration::from_nanos(stat.st_mtime_nsec);
     mtime.elapsed().map_or(true, |age| age < quiet)
 }
 
@@ -1042,7 +1066,7 @@ fn file_event_id(original: &str, stat: &rustix::fs::Stat, index: usize) -> Strin
     let mut h = Sha256::new();
     h.update(original.as_bytes());
     for n in
-        [stat.st_dev, stat.st_ino, stat.st_size as u64, stat.st_mtime as u64, stat.st_mtime_nsec as u64, index as u64]
+        [stat.st_dev, stat.st_ino, stat.st_size as u64, stat.st_mtime as u64, stat.st_mtime_nsec, index as u64]
     {
         h.update(n.to_be_bytes());
     }
@@ -1080,6 +1104,8 @@ mod tests {
         for (kind, wakes) in [
             (EventKind::Create(CreateKind::File), true),
             (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), false),
             (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
             (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
             (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),

@@ -2,6 +2,7 @@
 
 mod fake_api;
 mod forwarder;
+mod hostile;
 mod http;
 mod migration;
 mod nagios;
