@@ -531,6 +531,12 @@ fn via_socket(stream: std::os::unix::net::UnixStream, request: &AdminRequest) ->
 }
 
 fn direct(queue: &Path, socket: &Path, request: AdminRequest) -> Result<AdminAnswer, AdminError> {
+    crate::queue::store::act_as_queue_owner(queue).map_err(|e| {
+        AdminError::Failed(format!(
+            "cannot act as the owner of {} (root runs queue commands as the daemon's user, so the queue stays usable by it): {e}",
+            queue.display()
+        ))
+    })?;
     let store = Store::open(queue).map_err(|e| match e {
         StoreError::Locked { .. } => AdminError::Failed(format!(
             "a running daemon holds the queue at {} but its admin socket {} does not answer",

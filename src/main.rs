@@ -116,6 +116,14 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
 }
 
 fn run_salvage(config: &Config, json: bool) -> ExitCode {
+    if let Err(e) = pdrelay::queue::store::act_as_queue_owner(&config.queue_path()) {
+        eprintln!(
+            "pdrelay queue salvage: cannot act as the owner of {} (root salvages as the daemon's user, so the \
+             rebuilt queue stays usable by it): {e}",
+            config.queue_path().display()
+        );
+        return ExitCode::from(1);
+    }
     match pdrelay::queue::Store::salvage(&config.queue_path()) {
         Ok(report) => {
             if json {

@@ -88,11 +88,17 @@ pub struct SocketSettings {
     pub live: crate::live::LiveConfig,
 }
 
-/// Binds a socket at `path`: creates its directory, replaces a stale socket file left by a
-/// crash (but not one a live process answers on), and sets `mode` and, if given, the group.
+/// Binds a socket at `path`: creates its directory if missing (mode 0755 whatever the umask:
+/// only the daemon's user may add or remove names in it, so nobody else can replace the socket
+/// with their own), replaces a stale socket file left by a crash (but not one a live process
+/// answers on), and sets `mode` and, if given, the group.
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(dir).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;

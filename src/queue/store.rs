@@ -132,12 +132,14 @@ struct CommitMark(File);
 
 impl CommitMark {
     fn open(dir: &Path) -> Result<CommitMark, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         Ok(CommitMark(
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(dir.join(MARK_FILE))?,
         ))
     }
@@ -597,17 +599,22 @@ impl Store {
     /// Errors: [`StoreError::Locked`] when a running daemon holds it; [`StoreError::Corrupt`]
     /// when sled finds damage; [`StoreError::Io`] otherwise.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+        make_private_dir(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
         let db = open_sled(path)?;
         let tree = db.open_tree("queue")?;
         let db_file = File::open(path.join("db"))?;
+        let mark = CommitMark::open(path)?;
+        // Every name in the directory (sled's files, the mark) and sled's `conf` are durable
+        // before anything is acknowledged: a power cut in the queue's first lifetime must not
+        // remove the mark, or the damage check would be skipped.
+        File::open(path.join("conf"))?.sync_all()?;
+        restrict_files(path)?;
         sync_dir(path)?;
         if let Some(parent) = path.parent() {
             sync_dir(parent)?;
         }
         // The commit mark: sled must hold at least every commit that was acknowledged.
         let stored_commit = read_u64(&tree, &meta_key(b"commit"))?.unwrap_or(0);
-        let mark = CommitMark::open(path)?;
         if let Some(acknowledged) = mark.read()? {
             if stored_commit < acknowledged {
                 return Err(StoreError::Damaged {
@@ -1015,6 +1022,91 @@ impl Store {
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Creates the queue directory (and missing parents) and gives it mode 0700, whatever the
+/// umask: it holds routing keys and summaries, for the daemon's user and root only. A
+/// symbolic link at `path` is refused.
+fn make_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(std::io::Error::other("is a symbolic link; the queue directory must be a real directory"))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().mode() & 0o7777 != 0o700 && is_own(&meta) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes a queue command run as root act as the queue's owner, so that the files it creates
+/// or rewrites (sled's, the mark, a salvaged queue) stay usable by the daemon's user. The owner
+/// is that of the queue directory, or of its parent (the state directory) when there is no queue
+/// yet. Drops root for good (supplementary groups, group, user), so call it before starting
+/// threads. Returns the (uid, gid) now acted as; `None` when not root or the owner is root.
+///
+/// Errors: the owner cannot be read, or the switch fails (the caller should stop: going on
+/// as root would leave root-owned files that stop the daemon).
+pub fn act_as_queue_owner(queue: &Path) -> std::io::Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let meta = match std::fs::metadata(queue) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match queue.parent().map(std::fs::metadata) {
+            Some(Ok(meta)) => meta,
+            _ => return Ok(None),
+        },
+        Err(e) => return Err(e),
+    };
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    let (uid, gid) = (meta.uid(), meta.gid());
+    // SAFETY: plain system calls with valid arguments (an empty group list).
+    let ok = unsafe { libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(gid) == 0 && libc::setuid(uid) == 0 };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((uid, gid)))
+}
+
+/// Whether the calling process's effective user owns the file.
+fn is_own(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == rustix::process::geteuid().as_raw()
+}
+
+/// Gives the queue's files mode 0600 and its directories 0700 (sled creates them with the
+/// umask's modes).
+fn restrict_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let want = if meta.is_dir() {
+            0o700
+        } else if meta.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o7777 != want && is_own(&meta) {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(want))?;
+        }
+        if meta.is_dir() {
+            restrict_files(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Events stored in a burst after which, once the burst ends, freed heap memory is handed back.

@@ -6,6 +6,7 @@ mod hostile;
 mod http;
 mod migration;
 mod nagios;
+mod permissions;
 mod ops;
 mod regressions;
 mod reliability;
