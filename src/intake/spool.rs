@@ -1065,9 +1065,7 @@ fn move_to_rejected(handles: &DirHandles, claim: &ClaimName, reason: &str) -> st
 fn file_event_id(original: &str, stat: &rustix::fs::Stat, index: usize) -> String {
     let mut h = Sha256::new();
     h.update(original.as_bytes());
-    for n in
-        [stat.st_dev, stat.st_ino, stat.st_size as u64, stat.st_mtime as u64, stat.st_mtime_nsec, index as u64]
-    {
+    for n in [stat.st_dev, stat.st_ino, stat.st_size as u64, stat.st_mtime as u64, stat.st_mtime_nsec, index as u64] {
         h.update(n.to_be_bytes());
     }
     let digest = h.finalize();

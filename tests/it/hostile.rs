@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -324,4 +325,45 @@ impl RawDrop for TestEnv {
         std::fs::write(&tmp, contents).unwrap();
         std::fs::rename(&tmp, self.spool.join(name)).unwrap();
     }
+}
+
+/// The names and files a fresh queue needs to detect damage are durable before the first
+/// acknowledgement: the commit mark's name (the queue directory fsynced after the mark is
+/// created) and sled's `conf`. Seen with strace on the first `queue status`, which creates the
+/// queue. CI sets PDRELAY_REQUIRE_STRACE so this cannot skip there.
+#[test]
+fn a_fresh_queue_makes_the_commit_marks_name_and_sled_conf_durable() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(std::env::var_os("PDRELAY_REQUIRE_STRACE").is_none(), "strace is required but missing");
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let env = TestEnv::new();
+    let trace = env.dir.path().join("trace.txt");
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(BIN)
+        .args(["queue", "status"])
+        .env("PDRELAY_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let queue = env.state.join("queue");
+    let created = lines
+        .iter()
+        .position(|l| l.contains("openat(") && l.contains("pdrelay-commit-mark") && l.contains("O_CREAT"))
+        .expect("the commit mark is created");
+    let dir_synced = format!("<{}>)", queue.display());
+    assert!(
+        lines[created..].iter().any(|l| l.contains("fsync(") && l.contains(&dir_synced)),
+        "the queue directory is not fsynced after the commit mark is created:\n{text}"
+    );
+    let conf = format!("<{}>)", queue.join("conf").display());
+    assert!(
+        lines.iter().any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&conf)),
+        "sled's conf is never fsynced:\n{text}"
+    );
 }

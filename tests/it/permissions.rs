@@ -194,7 +194,10 @@ fn a_send_group_member_can_hand_events_over_and_nothing_else() {
             ("write the database", format!("echo x >> {q}/db")),
             ("list rejected files", format!("ls {spool}/rejected")),
             ("read a rejected file", format!("cat {spool}/rejected/bad.json")),
-            ("delete a rejected file", format!("rm -f {spool}/rejected/bad.json && test ! -e {spool}/rejected/bad.json")),
+            (
+                "delete a rejected file",
+                format!("rm -f {spool}/rejected/bad.json && test ! -e {spool}/rejected/bad.json"),
+            ),
             ("list claimed files", format!("ls {spool}/.claim")),
             ("replace the socket", format!("rm -f {run} && test ! -e {run}")),
         ] {
