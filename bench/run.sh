@@ -3,7 +3,7 @@
 #   bench/run.sh          full run (1,000,000 pending; about 5 minutes on 2 cores)
 #   QUICK=1 bench/run.sh  smaller counts (about 1 minute)
 #   ONLY="pending drain" bench/run.sh   some parts: idle (with latency and send), intake, pending,
-#                                       spool, drain
+#                                       spool, drain, bigfile
 # Everything runs on this machine: the daemon (release build), the receiver (the tests' fake
 # Events API, release build) on 127.0.0.1, and Python clients.
 set -euo pipefail
@@ -129,6 +129,13 @@ t = [float(l.split(" ", 1)[0]) for l in open(sys.argv[1]) if " /v2/" in l]
 print(json.dumps({"events": len(t), "seconds": round(t[-1] - t[0], 3), "per_second": round(len(t) / (t[-1] - t[0]))}))
 PY
 )"
+stop $DPID; stop $RECV
+fi
+# 8. One big spool file (issue 13): a 16 MB .ndjson of small events, streamed in bounded
+#    commits, while a socket client sends one event every 100 ms; peak memory and slowest reply.
+if want bigfile; then
+config bigfile 10000000; receiver throttle 3600; daemon bigfile
+say "bigfile $(python3 bench/bigfile.py $DPID "$W/bigfile/spool" "$W/bigfile/run/pdrelay.sock" 16)"
 stop $DPID; stop $RECV
 fi
 cp "$RESULTS" bench/results.txt 2>/dev/null || true
