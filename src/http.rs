@@ -480,20 +480,6 @@ async fn read_body(request: Request<Incoming>, timeout: Duration) -> Body {
     }
 }
 
-/// The kind of event an object is, by the rule [`Event::from_value`] uses; `None` if it names none.
-fn shape_of(value: &Value) -> Option<EventKind> {
-    let object = value.as_object()?;
-    if ["event_type", "service_key", "incident_key"].iter().any(|k| object.contains_key(*k)) {
-        Some(EventKind::V1)
-    } else if object.contains_key("event_action") {
-        Some(EventKind::Alert)
-    } else if object.contains_key("payload") {
-        Some(EventKind::Change)
-    } else {
-        None
-    }
-}
-
 /// Why an event of kind `got` is refused at the endpoint of kind `want`, as `field: rule`.
 fn wrong_endpoint(want: EventKind, got: EventKind) -> String {
     let (field, rule) = match (want, got) {
@@ -525,7 +511,7 @@ fn wrong_endpoint(want: EventKind, got: EventKind) -> String {
 /// PagerDuty would accept, normalized as every intake does.
 pub fn parse_for(body: &[u8], kind: EventKind, defaults: &IntakeDefaults) -> Result<Event, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("event: is not valid JSON ({e})"))?;
-    if let Some(shape) = shape_of(&value) {
+    if let Some(shape) = crate::event::shape_of(&value).map_err(|e| e.to_string())? {
         if shape != kind {
             return Err(wrong_endpoint(kind, shape));
         }
