@@ -56,7 +56,7 @@ use crate::queue::store::{NewEvent, Store, StoreError};
 /// Name of the file, in `state_dir`, that holds the listener's bound address while it runs.
 pub const ADDR_FILE: &str = "http.addr";
 
-/// Largest header block read, in bytes.
+/// Largest request head (request line and headers), in bytes; a larger one gets 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Past the body limit, how long and how many bytes the rest of the body is read and discarded,
@@ -333,7 +333,13 @@ where
         async move { Ok::<_, Infallible>(handle(request, &ctx).await) }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_HEADER_BYTES);
+    // max_header_size refuses a complete head over the limit with 431, however it arrived;
+    // max_buf_size stops reading an unfinished one there (also 431).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -1,0 +1,162 @@
+//! Intake's edges against careless and hostile producers (issue 13, items 8 to 11): ambiguous
+//! event shapes, numbers past 2^64, oversize headers and HTTP clients that never read, config
+//! values without bounds, allow-list entries that could never match.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A TestEnv with the HTTP listener on 127.0.0.1, an ephemeral port; `extra` goes under `[http]`.
+fn http_env(extra: &str) -> TestEnv {
+    TestEnv::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"))
+}
+
+/// The running daemon's HTTP address, from `state_dir/http.addr`.
+fn http_addr(env: &TestEnv) -> SocketAddr {
+    let file = env.state.join("http.addr");
+    let mut addr = None;
+    wait_until("state_dir/http.addr", WAIT, || {
+        addr = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
+        addr.is_some()
+    });
+    addr.unwrap()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// The status and body of the one response on a `Connection: close` exchange.
+fn read_status(stream: &mut TcpStream) -> (u16, String) {
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        assert!(!raw.is_empty(), "no response: {e}");
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// POSTs `body` to `path` with `extra_headers` (each ending in CRLF), on its own connection.
+/// Write errors are ignored: a server may answer and close before reading everything.
+fn post_with(addr: SocketAddr, path: &str, extra_headers: &str, body: &[u8]) -> (u16, String) {
+    let mut s = connect(addr);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra_headers}\r\n",
+        body.len()
+    );
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    let _ = s.write_all(&all);
+    read_status(&mut s)
+}
+
+fn v2_trigger(rk: &str, dedup: &str) -> Value {
+    json!({"routing_key": rk, "event_action": "trigger", "dedup_key": dedup,
+        "payload": {"summary": "edge", "source": "web1", "severity": "critical"}})
+}
+
+// Item 8: ambiguous shapes.
+
+#[test]
+fn an_event_with_both_event_action_and_event_type_is_refused_naming_both() {
+    let default_key = routing_key(130);
+    let env = TestEnv::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[pagerduty]\ndefault_routing_key = \"{default_key}\"\n"
+    ));
+    let _d = env.start();
+    let own_key = routing_key(131);
+    let mut c = env.connect();
+    let mixed = json!({"routing_key": own_key, "event_action": "trigger", "event_type": "trigger",
+        "dedup_key": "mixed", "payload": {"summary": "both", "source": "web1", "severity": "critical"}});
+    c.send_line(&mixed.to_string());
+    let reply = c.read_reply();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "invalid", "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("event_type") && error.contains("event_action"), "{error}");
+    assert!(!error.contains('\n'));
+
+    // routing_key with service_key, the other way round.
+    c.send_line(&json!({"service_key": own_key, "routing_key": own_key, "event_type": "trigger",
+        "description": "both keys"}).to_string());
+    let reply = c.read_reply();
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("service_key") && error.contains("routing_key"), "{reply}");
+
+    // The local HTTP endpoint says the same, whatever the endpoint.
+    let addr = http_addr(&env);
+    for path in ["/v2/enqueue", "/generic/2010-04-15/create_event.json", "/v2/change/enqueue"] {
+        let (status, body) = post_with(addr, path, "", mixed.to_string().as_bytes());
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("event_type") && body.contains("event_action"), "{path}: {body}");
+    }
+
+    // Nothing went anywhere: a clean event behind them is the first and only one delivered.
+    c.send_line(&v2_trigger(&own_key, "clean").to_string());
+    assert_eq!(c.read_reply()["ok"], true);
+    let got = env.fake.wait_accepted(1, WAIT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.fake.accepted().len(), 1, "only the clean event");
+    assert_eq!(got[0].body["dedup_key"], "clean");
+}
+
+// Item 11: numbers past 2^64.
+
+#[test]
+fn integers_past_2_64_in_custom_details_reach_pagerduty_exactly() {
+    let env = TestEnv::new();
+    let _d = env.start();
+    let rk = routing_key(132);
+    let mut c = env.connect();
+    let line = format!(
+        r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"big","payload":{{"summary":"big numbers","source":"h","severity":"info","custom_details":{{"n":18446744073709551617,"neg":-18446744073709551617,"fine":7}}}}}}"#
+    );
+    c.send_line(&line);
+    assert_eq!(c.read_reply()["ok"], true);
+    let got = env.fake.wait_accepted(1, WAIT);
+    let details = &got[0].body["payload"]["custom_details"];
+    assert_eq!(details["n"].to_string(), "18446744073709551617", "{details}");
+    assert_eq!(details["neg"].to_string(), "-18446744073709551617", "{details}");
+    assert_eq!(details["fine"].to_string(), "7");
+
+    // A number past a double's range is refused, naming its field.
+    c.send_line(&line.replace(r#""n":18446744073709551617"#, r#""n":1e400"#));
+    let reply = c.read_reply();
+    assert_eq!(reply["code"], "invalid", "{reply}");
+    assert!(reply["error"].as_str().unwrap().starts_with("payload.custom_details.n: "), "{reply}");
+}
+
+// Item 11: the header limit.
+
+#[test]
+fn a_header_block_over_64_kb_gets_431() {
+    let env = http_env("");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let rk = routing_key(133);
+    for (size, want) in [(60 * 1024, 202), (66 * 1024, 431), (114 * 1024, 431)] {
+        let header = format!("X-Padding: {}\r\n", "a".repeat(size));
+        let (status, body) = post_with(addr, "/v2/enqueue", &header, v2_trigger(&rk, &format!("h{size}")).to_string().as_bytes());
+        assert_eq!(status, want, "a {size}-byte header: {body}");
+    }
+    // Many headers adding up to more than 64 KB are refused the same way.
+    let headers: String = (0..40).map(|i| format!("X-Pad-{i}: {}\r\n", "b".repeat(2000))).collect();
+    let (status, _) = post_with(addr, "/v2/enqueue", &headers, v2_trigger(&rk, "many").to_string().as_bytes());
+    assert_eq!(status, 431);
+    let got = env.fake.wait_accepted(1, WAIT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.fake.accepted().len(), 1, "only the event with the 60 KB header is stored");
+    assert_eq!(got[0].body["dedup_key"], format!("h{}", 60 * 1024));
+}
