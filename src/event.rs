@@ -280,7 +280,9 @@ impl Event {
 
     /// As [`Event::from_json`], from an already parsed JSON value.
     pub fn from_value(value: serde_json::Value, defaults: &IntakeDefaults) -> Result<Event, EventError> {
-        let object = value.as_object().ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
+        if !value.is_object() {
+            return Err(EventError::new("event", "must be a JSON object"));
+        }
         if nesting(&value) > MAX_NESTING {
             let rule = format!("must not nest arrays and objects more than {MAX_NESTING} levels deep");
             return Err(EventError::new("event", rule));

@@ -27,9 +27,13 @@
 //! non-empty `allow`, connections from other addresses are closed at once.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -40,7 +44,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -63,6 +67,11 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// so that the client sees the 413 instead of a reset connection.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A connection is served for at most this many `request_timeout`s, then closed after the request
+/// in progress (which gets one more `request_timeout` to be answered and taken): a client that
+/// reads its answers only just fast enough to keep them flowing still cannot hold a connection.
+const CONNECTION_LIFETIME_FACTOR: u32 = 4;
 
 /// Longest wait, at shutdown, for requests in progress to be answered.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -313,6 +322,8 @@ async fn connection(
     shutdown: Shutdown,
 ) {
     let _ = stream.set_nodelay(true);
+    // Under TLS too: the stall that matters is the socket's.
+    let stream = WriteDeadline::new(stream, ctx.request_timeout);
     match tls {
         Some(acceptor) => match tokio::time::timeout(ctx.request_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => serve(TokioIo::new(stream), peer, ctx, shutdown).await,
@@ -342,16 +353,105 @@ where
         .max_buf_size(MAX_HEADER_BYTES);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(timeout.saturating_mul(CONNECTION_LIFETIME_FACTOR));
     let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.wait() => {
-            // Answer the request in progress, if any, then close.
+        result = conn.as_mut() => Some(result),
+        _ = shutdown.wait() => None,
+        _ = lifetime => {
+            debug!(%peer, "http connection at the end of its lifetime; closing after the request in progress");
+            None
+        }
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
+            // Answer the request in progress, if any, then close; a client that does not take the
+            // answer within the timeout is dropped.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            match tokio::time::timeout(timeout, conn).await {
+                Ok(result) => result,
+                Err(_) => {
+                    debug!(%peer, "http connection dropped: the last answer was not taken in time");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once one has made no progress for `limit`, so that
+/// a client that stops reading its answers (pipelining requests meanwhile) cannot hold a
+/// connection: once the socket's buffers are full, it is closed `limit` later.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Running while a write, flush or shutdown is pending; cleared by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// Passes a ready result on (and clears the stall); on pending, starts or checks the clock.
+    fn progress<T>(&mut self, cx: &mut TaskContext<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing of the answer for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, polled)
     }
 }
 

@@ -160,3 +160,81 @@ fn a_header_block_over_64_kb_gets_431() {
     assert_eq!(env.fake.accepted().len(), 1, "only the event with the 60 KB header is stored");
     assert_eq!(got[0].body["dedup_key"], format!("h{}", 60 * 1024));
 }
+
+// Item 9: HTTP clients that never read.
+
+/// A client that pipelines `GET /health` requests as fast as it can and never reads an answer:
+/// the writer thread stops when a write fails (the server closed the connection).
+fn pipeline_without_reading(addr: SocketAddr) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let handle = std::thread::spawn(move || {
+        let batch = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        for _ in 0..2000 {
+            if writer.write_all(batch.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    (stream, handle)
+}
+
+/// Whether the server has closed `stream`: reads (and drops) what is buffered until end of file
+/// or a reset; false if it is still open after the stream's read timeout.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn clients_that_pipeline_and_never_read_do_not_hold_the_connections() {
+    let env = http_env("max_connections = 2\nrequest_timeout = \"1s\"\n");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let hostile: Vec<_> = (0..2).map(|_| pipeline_without_reading(addr)).collect();
+    // They hold both slots: another client is turned away.
+    wait_until("both connections taken", WAIT, || post_with(addr, "/v2/enqueue", "", b"{}").0 == 503);
+    // A legitimate POST gets its answer once the silent readers are cut off, not minutes later.
+    let rk = routing_key(134);
+    let body = v2_trigger(&rk, "legit").to_string();
+    let mut last = (0, String::new());
+    wait_until("a legitimate POST answered 202", WAIT, || {
+        last = post_with(addr, "/v2/enqueue", "", body.as_bytes());
+        last.0 == 202
+    });
+    assert_eq!(env.fake.wait_accepted(1, WAIT)[0].body["dedup_key"], "legit");
+    for (mut stream, writer) in hostile {
+        assert!(closed_by_server(&mut stream), "the server keeps a non-reading client's connection");
+        writer.join().unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_reads_only_a_trickle_is_closed_within_a_few_request_timeouts() {
+    let env = http_env("max_connections = 4\nrequest_timeout = \"1s\"\n");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let (mut stream, writer) = pipeline_without_reading(addr);
+    // Reads a little, often enough that the server's writes keep making progress.
+    let mut buf = vec![0u8; 16 * 1024];
+    let end = std::time::Instant::now() + WAIT;
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(_) if std::time::Instant::now() > end => break false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(closed, "a slowly reading client held its connection for {WAIT:?}");
+    writer.join().unwrap();
+    // The listener serves others meanwhile and after.
+    let (status, body) = post_with(addr, "/v2/enqueue", "", v2_trigger(&routing_key(135), "after").to_string().as_bytes());
+    assert_eq!(status, 202, "{body}");
+}
