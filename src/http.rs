@@ -89,6 +89,9 @@ pub struct AllowEntry {
 
 impl AllowEntry {
     /// Parses `10.0.0.0/8`, `192.0.2.7`, `fd00::/8` or `::1`; `None` if it is none of these.
+    ///
+    /// An IPv4-mapped IPv6 entry (`::ffff:127.0.0.1`, `::ffff:10.0.0.0/104`) is normalised to the
+    /// IPv4 address or block it maps, since clients are matched by their IPv4 address.
     pub fn parse(text: &str) -> Option<AllowEntry> {
         let text = text.trim();
         let (addr, prefix) = match text.split_once('/') {
@@ -102,7 +105,72 @@ impl AllowEntry {
             Some(_) => return None,
             None => max,
         };
-        (prefix <= max).then_some(AllowEntry { net, prefix })
+        if prefix > max {
+            return None;
+        }
+        match net {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Some(AllowEntry { net: IpAddr::V4(v4), prefix: prefix - 96 }),
+                None => Some(AllowEntry { net, prefix }),
+            },
+            _ => Some(AllowEntry { net, prefix }),
+        }
+    }
+
+    /// Why no client of a listener on `listen` (`None`: not known) could ever match this entry,
+    /// or `None` if one could: the unspecified or broadcast address, a multicast block, the other
+    /// address family than the listener's, or a block without loopback addresses when the
+    /// listener is on loopback.
+    pub fn never_matches(&self, listen: Option<SocketAddr>) -> Option<String> {
+        let single = self.prefix == if self.net.is_ipv4() { 32 } else { 128 };
+        if single && self.net.is_unspecified() {
+            return Some(format!(
+                "is the unspecified address, which no client has (for any client, use {}/0)",
+                self.net
+            ));
+        }
+        if single && self.net == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+            return Some("is the broadcast address, which no client has".to_owned());
+        }
+        let multicast = match self.net {
+            IpAddr::V4(_) => self.prefix >= 4 && self.net.is_multicast(),
+            IpAddr::V6(_) => self.prefix >= 8 && self.net.is_multicast(),
+        };
+        if multicast {
+            return Some("is a multicast block, and no TCP client has such an address".to_owned());
+        }
+        let listen = listen?.ip();
+        match (listen, self.net) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => {
+                return Some(format!("is IPv6, but http.listen {listen} is IPv4: only IPv4 clients can connect"))
+            }
+            (IpAddr::V6(l), IpAddr::V4(_)) if !l.is_unspecified() && l.to_ipv4_mapped().is_none() => {
+                return Some(format!("is IPv4, but http.listen {listen} is IPv6: only IPv6 clients can connect"))
+            }
+            _ => {}
+        }
+        let loopback = match self.net {
+            IpAddr::V4(_) => AllowEntry { net: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), prefix: 8 },
+            IpAddr::V6(_) => AllowEntry { net: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), prefix: 128 },
+        };
+        if listen.to_canonical().is_loopback() && !self.overlaps(&loopback) {
+            return Some(format!(
+                "has no loopback address, but http.listen {listen} is loopback: only clients on this host connect"
+            ));
+        }
+        None
+    }
+
+    /// Whether this block and `other` (of the same family) share an address.
+    fn overlaps(&self, other: &AllowEntry) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        match (self.net, other.net) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                masked(u32::from(a).into(), 32, prefix) == masked(u32::from(b).into(), 32, prefix)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => masked(u128::from(a), 128, prefix) == masked(u128::from(b), 128, prefix),
+            _ => false,
+        }
     }
 
     /// Whether `ip` is inside this block (an IPv4-mapped IPv6 address counts as its IPv4 one).
@@ -733,6 +801,64 @@ mod tests {
         assert!(any.contains("203.0.113.5".parse().unwrap()));
         for bad in ["10.0.0.0/33", "::/129", "web1", "10.0.0.0/", "10.0.0.0/+8", "", "10.0.0/8"] {
             assert_eq!(AllowEntry::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_normalised_to_ipv4() {
+        for (mapped, plain) in [
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+        ] {
+            assert_eq!(AllowEntry::parse(mapped), AllowEntry::parse(plain), "{mapped}");
+        }
+        let one = AllowEntry::parse("::ffff:127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(one.contains("::ffff:127.0.0.1".parse().unwrap()));
+        // Below /96 the block holds more than mapped addresses: left as IPv6.
+        assert!(AllowEntry::parse("::ffff:0:0/95").unwrap().net.is_ipv6());
+    }
+
+    #[test]
+    fn entries_that_can_never_match_are_named() {
+        let v4: SocketAddr = "192.0.2.1:8765".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:8765".parse().unwrap();
+        let any6: SocketAddr = "[::]:8765".parse().unwrap();
+        let lo4: SocketAddr = "127.0.0.1:8765".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:8765".parse().unwrap();
+        let never = |entry: &str, listen: Option<SocketAddr>| AllowEntry::parse(entry).unwrap().never_matches(listen);
+        for (entry, listen, why) in [
+            ("0.0.0.0", None, "unspecified"),
+            ("::", None, "unspecified"),
+            ("255.255.255.255", None, "broadcast"),
+            ("224.0.0.0/4", None, "multicast"),
+            ("239.1.2.3", None, "multicast"),
+            ("ff02::1", None, "multicast"),
+            ("fd00::/8", Some(v4), "is IPv6"),
+            ("::1", Some(lo4), "is IPv6"),
+            ("10.0.0.0/8", Some(v6), "is IPv4"),
+            ("127.0.0.1", Some(lo6), "is IPv4"),
+            ("10.0.0.0/8", Some(lo4), "loopback"),
+            ("fd00::/8", Some(lo6), "loopback"),
+        ] {
+            let got = never(entry, listen).unwrap_or_else(|| panic!("{entry} on {listen:?} can never match"));
+            assert!(got.contains(why), "{entry}: {got}");
+        }
+        for (entry, listen) in [
+            ("0.0.0.0/0", Some(v4)),
+            ("::/0", Some(v6)),
+            ("10.0.0.0/8", Some(any6)),
+            ("fd00::/8", Some(any6)),
+            ("127.0.0.1", Some(lo4)),
+            ("127.0.0.0/8", Some(lo4)),
+            ("0.0.0.0/0", Some(lo4)),
+            ("::ffff:127.0.0.1", Some(lo4)),
+            ("::1", Some(lo6)),
+            ("10.0.0.0/8", None),
+            ("223.255.255.255", None),
+        ] {
+            assert_eq!(never(entry, listen), None, "{entry} on {listen:?}");
         }
     }
 

@@ -238,3 +238,57 @@ fn a_client_that_reads_only_a_trickle_is_closed_within_a_few_request_timeouts() 
     let (status, body) = post_with(addr, "/v2/enqueue", "", v2_trigger(&routing_key(135), "after").to_string().as_bytes());
     assert_eq!(status, 202, "{body}");
 }
+
+// Item 10: config bounds.
+
+#[test]
+fn values_that_would_crash_the_daemon_are_refused_before_it_starts() {
+    let env = TestEnv::with_config(
+        "[ingest]\nmax_connections = 9223372036854775807\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         max_connections = 9223372036854775807\n",
+    );
+    let out = env.command().arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "pdrelay: config: ingest.max_connections: must be between 1 and 65536 (got 9223372036854775807)",
+            "pdrelay: config: http.max_connections: must be between 1 and 65536 (got 9223372036854775807)",
+        ],
+        "{stderr}"
+    );
+    // The daemon refuses the same config before it listens anywhere.
+    let mut child = KillOnDrop(
+        env.command().arg("daemon").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+    );
+    let mut status = None;
+    wait_until("the daemon exits", WAIT, || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(2));
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("http.max_connections: must be between 1 and 65536"), "{stderr}");
+    assert!(!env.socket.exists() && !env.state.join("http.addr").exists(), "it listened");
+}
+
+#[test]
+fn an_ipv4_mapped_allow_entry_admits_its_client_and_an_unmatchable_one_is_refused() {
+    let env = http_env("allow = [\"::ffff:127.0.0.1\"]\n");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let mut s = connect(addr);
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let (status, body) = read_status(&mut s);
+    assert_eq!(status, 200, "{body}");
+
+    let env = http_env("allow = [\"::1\", \"10.0.0.0/8\"]\n");
+    let out = env.command().arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http.allow: \"::1\" can never match: it is IPv6"), "{stderr}");
+    assert!(stderr.contains("http.allow: \"10.0.0.0/8\" can never match: it has no loopback address"), "{stderr}");
+}
