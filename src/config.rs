@@ -80,10 +80,11 @@ pub struct HttpSection {
     /// Client addresses allowed to connect (IPs or CIDRs); empty allows any. Required, with TLS,
     /// when `listen` is not a loopback address.
     pub allow: Vec<String>,
-    /// Most connections served at once; more get a 503 and are closed.
+    /// Most connections served at once; more get a 503 and are closed. 1 to 65536.
     pub max_connections: usize,
     /// A request's headers, and then its body, must each arrive within this long; an idle
-    /// keep-alive connection is closed after it too.
+    /// keep-alive connection, or one whose client takes no answer, is closed after it too.
+    /// 100 ms to 1 h.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
@@ -886,33 +887,72 @@ mod tests {
     #[test]
     fn every_number_has_a_range_and_values_past_it_are_named() {
         let cases = [
-            ("[http]\nmax_connections = 9223372036854775807\n", "http.max_connections: must be between 1 and 65536 (got 9223372036854775807)"),
+            (
+                "[http]\nmax_connections = 9223372036854775807\n",
+                "http.max_connections: must be between 1 and 65536 (got 9223372036854775807)",
+            ),
             ("[ingest]\nmax_connections = 0\n", "ingest.max_connections: must be between 1 and 65536 (got 0)"),
-            ("[ingest]\nmax_connections = 100000\n", "ingest.max_connections: must be between 1 and 65536 (got 100000)"),
-            ("[ingest]\nmax_file_bytes = 100\n", "ingest.max_file_bytes: must be between 1024 and 1073741824 (got 100)"),
-            ("[ingest]\nmax_file_bytes = 9223372036854775807\n", "ingest.max_file_bytes: must be between 1024 and 1073741824"),
+            (
+                "[ingest]\nmax_connections = 100000\n",
+                "ingest.max_connections: must be between 1 and 65536 (got 100000)",
+            ),
+            (
+                "[ingest]\nmax_file_bytes = 100\n",
+                "ingest.max_file_bytes: must be between 1024 and 1073741824 (got 100)",
+            ),
+            (
+                "[ingest]\nmax_file_bytes = 9223372036854775807\n",
+                "ingest.max_file_bytes: must be between 1024 and 1073741824",
+            ),
             ("[ingest]\nmax_line_bytes = 1073741824\n", "ingest.max_line_bytes: must be between 4096 and 16777216"),
             ("[pagerduty]\nconcurrency = 5000\n", "pagerduty.concurrency: must be between 1 and 1024 (got 5000)"),
             ("[queue]\nmax_pending = 9223372036854775807\n", "queue.max_pending: must be between 1 and 100000000"),
-            ("[queue]\nmin_free_bytes = 9223372036854775807\n", "queue.min_free_bytes: must be between 0 and 1125899906842624"),
-            ("[queue]\ndispatch_window = 9223372036854775807\n", "queue.dispatch_window: must be between 1 and 1000000"),
+            (
+                "[queue]\nmin_free_bytes = 9223372036854775807\n",
+                "queue.min_free_bytes: must be between 0 and 1125899906842624",
+            ),
+            (
+                "[queue]\ndispatch_window = 9223372036854775807\n",
+                "queue.dispatch_window: must be between 1 and 1000000",
+            ),
             ("shutdown_timeout = \"100years\"\n", "shutdown_timeout: must be between 0s and 1h (got 100years"),
             ("[ingest]\nidle_timeout = \"0s\"\n", "ingest.idle_timeout: must be between 100ms and 1day (got 0s)"),
             ("[ingest]\nline_timeout = \"2h\"\n", "ingest.line_timeout: must be between 100ms and 1h (got 2h)"),
-            ("[ingest]\nrescan_interval = \"10ms\"\n", "ingest.rescan_interval: must be between 100ms and 1day (got 10ms)"),
-            ("[pagerduty]\nconnect_timeout = \"1h\"\n", "pagerduty.connect_timeout: must be between 100ms and 10m (got 1h)"),
-            ("[pagerduty]\nrequest_timeout = \"0s\"\n", "pagerduty.request_timeout: must be between 100ms and 1h (got 0s)"),
+            (
+                "[ingest]\nrescan_interval = \"10ms\"\n",
+                "ingest.rescan_interval: must be between 100ms and 1day (got 10ms)",
+            ),
+            (
+                "[pagerduty]\nconnect_timeout = \"1h\"\n",
+                "pagerduty.connect_timeout: must be between 100ms and 10m (got 1h)",
+            ),
+            (
+                "[pagerduty]\nrequest_timeout = \"0s\"\n",
+                "pagerduty.request_timeout: must be between 100ms and 1h (got 0s)",
+            ),
             ("[retry]\ninitial_interval = \"0s\"\n", "retry.initial_interval: must be between 1ms and 1day (got 0s)"),
             ("[retry]\nmax_interval = \"30days\"\n", "retry.max_interval: must be between 1ms and 1day (got 30days)"),
-            ("[retry]\nmax_retry_after = \"500ms\"\n", "retry.max_retry_after: must be between 1s and 1day (got 500ms)"),
+            (
+                "[retry]\nmax_retry_after = \"500ms\"\n",
+                "retry.max_retry_after: must be between 1s and 1day (got 500ms)",
+            ),
             ("[retry]\nmultiplier = nan\n", "retry.multiplier: must be between 1 and 100 (got NaN)"),
             ("[retry]\nrandomization_factor = 1.5\n", "retry.randomization_factor: must be between 0 and 1 (got 1.5)"),
-            ("[mapping]\ndrop_repeated_triggers = \"30days\"\n", "mapping.drop_repeated_triggers: must be between 0s and 7days"),
+            (
+                "[mapping]\ndrop_repeated_triggers = \"30days\"\n",
+                "mapping.drop_repeated_triggers: must be between 0s and 7days",
+            ),
             ("[retention]\ndelivered = \"100000days\"\n", "retention.delivered: must be between 0s and 9years"),
             ("[retention]\nfailed = \"100000days\"\n", "retention.failed: must be between 0s and 9years"),
             ("[retention]\nmax_pending_age = \"100000days\"\n", "retention.max_pending_age: must be between"),
-            ("[retention]\nsweep_interval = \"0s\"\n", "retention.sweep_interval: must be between 100ms and 1day (got 0s)"),
-            ("[metrics]\ntextfile_interval = \"2days\"\n", "metrics.textfile_interval: must be between 1s and 1day (got 2days)"),
+            (
+                "[retention]\nsweep_interval = \"0s\"\n",
+                "retention.sweep_interval: must be between 100ms and 1day (got 0s)",
+            ),
+            (
+                "[metrics]\ntextfile_interval = \"2days\"\n",
+                "metrics.textfile_interval: must be between 1s and 1day (got 2days)",
+            ),
             ("[http]\nrequest_timeout = \"5h\"\n", "http.request_timeout: must be between 100ms and 1h (got 5h)"),
         ];
         for (text, want) in cases {
@@ -945,5 +985,4 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
     }
-
 }

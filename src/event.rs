@@ -705,14 +705,48 @@ mod tests {
         let key = "k".repeat(32);
         let payload = r#"{"summary":"s","source":"x","severity":"info"}"#;
         let cases: Vec<(String, &str, &str)> = vec![
-            (format!(r#"{{"routing_key":"{key}","event_action":"trigger","event_type":"trigger","payload":{payload}}}"#), "event_type", "event_action"),
-            (format!(r#"{{"event_action":"trigger","event_type":"trigger","description":"d"}}"#), "event_type", "event_action"),
-            (format!(r#"{{"service_key":"{key}","routing_key":"{key}","event_type":"trigger","description":"d"}}"#), "event_type", "routing_key"),
-            (format!(r#"{{"service_key":"{key}","routing_key":"{key}","payload":{{"summary":"deployed"}}}}"#), "service_key", "routing_key"),
-            (format!(r#"{{"routing_key":"{key}","event_action":"resolve","incident_key":"i","dedup_key":"i"}}"#), "incident_key", "event_action"),
-            (format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","payload":{payload}}}"#), "event_type", "payload"),
-            (format!(r#"{{"service_key":"{key}","event_type":"resolve","incident_key":"i","dedup_key":"i"}}"#), "event_type", "dedup_key"),
-            (format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","links":[]}}"#), "event_type", "links"),
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","event_type":"trigger","payload":{payload}}}"#
+                ),
+                "event_type",
+                "event_action",
+            ),
+            (
+                r#"{"event_action":"trigger","event_type":"trigger","description":"d"}"#.to_owned(),
+                "event_type",
+                "event_action",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","routing_key":"{key}","event_type":"trigger","description":"d"}}"#),
+                "event_type",
+                "routing_key",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","routing_key":"{key}","payload":{{"summary":"deployed"}}}}"#),
+                "service_key",
+                "routing_key",
+            ),
+            (
+                format!(r#"{{"routing_key":"{key}","event_action":"resolve","incident_key":"i","dedup_key":"i"}}"#),
+                "incident_key",
+                "event_action",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","payload":{payload}}}"#),
+                "event_type",
+                "payload",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"resolve","incident_key":"i","dedup_key":"i"}}"#),
+                "event_type",
+                "dedup_key",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","links":[]}}"#),
+                "event_type",
+                "links",
+            ),
         ];
         for (input, v1, v2) in cases {
             let err = Event::from_json(input.as_bytes(), &d).unwrap_err();
@@ -747,7 +781,8 @@ mod tests {
             let event = Event::from_json(text.as_bytes(), &d).unwrap();
             let body = String::from_utf8(event.request_body()).unwrap();
             assert!(body.contains(&format!(r#""n":{n}"#)) && body.contains(&format!("[{n}]")), "{n}: {body}");
-            let v1 = format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","details":{{"n":{n}}}}}"#);
+            let v1 =
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","details":{{"n":{n}}}}}"#);
             let body = String::from_utf8(Event::from_json(v1.as_bytes(), &d).unwrap().request_body()).unwrap();
             assert!(body.contains(&format!(r#""n":{n}"#)), "{n}: {body}");
         }

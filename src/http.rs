@@ -22,7 +22,9 @@
 //!
 //! Bounds: at most `max_connections` connections (more get a 503 and are closed); headers, and then
 //! the body, must each arrive within `request_timeout` (else the connection is closed, or 408); an
-//! idle keep-alive connection is closed after `request_timeout` too; header block at most 64 KB.
+//! idle keep-alive connection is closed after `request_timeout` too, and so is one whose client
+//! takes nothing of an answer for that long; a connection lasts at most
+//! [`CONNECTION_LIFETIME_FACTOR`] request timeouts. Request line and headers at most 64 KB (431).
 //! With `tls_cert` and `tls_key` it speaks HTTPS only (rustls, TLS 1.2 and 1.3, HTTP/1.1); with a
 //! non-empty `allow`, connections from other addresses are closed at once.
 

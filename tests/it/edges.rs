@@ -88,9 +88,22 @@ fn an_event_with_both_event_action_and_event_type_is_refused_naming_both() {
     assert!(error.contains("event_type") && error.contains("event_action"), "{error}");
     assert!(!error.contains('\n'));
 
+    // With a description too, it used to go out as v1 to the default key, without its own key,
+    // payload and severity.
+    let mut with_description = mixed.clone();
+    with_description["description"] = json!("both, described");
+    c.send_line(&with_description.to_string());
+    let reply = c.read_reply();
+    assert_eq!(reply["code"], "invalid", "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("event_type") && error.contains("event_action"), "{error}");
+
     // routing_key with service_key, the other way round.
-    c.send_line(&json!({"service_key": own_key, "routing_key": own_key, "event_type": "trigger",
-        "description": "both keys"}).to_string());
+    c.send_line(
+        &json!({"service_key": own_key, "routing_key": own_key, "event_type": "trigger",
+        "description": "both keys"})
+        .to_string(),
+    );
     let reply = c.read_reply();
     let error = reply["error"].as_str().unwrap();
     assert!(error.contains("service_key") && error.contains("routing_key"), "{reply}");
@@ -148,7 +161,8 @@ fn a_header_block_over_64_kb_gets_431() {
     let rk = routing_key(133);
     for (size, want) in [(60 * 1024, 202), (66 * 1024, 431), (114 * 1024, 431)] {
         let header = format!("X-Padding: {}\r\n", "a".repeat(size));
-        let (status, body) = post_with(addr, "/v2/enqueue", &header, v2_trigger(&rk, &format!("h{size}")).to_string().as_bytes());
+        let (status, body) =
+            post_with(addr, "/v2/enqueue", &header, v2_trigger(&rk, &format!("h{size}")).to_string().as_bytes());
         assert_eq!(status, want, "a {size}-byte header: {body}");
     }
     // Many headers adding up to more than 64 KB are refused the same way.
@@ -187,7 +201,9 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -235,7 +251,8 @@ fn a_client_that_reads_only_a_trickle_is_closed_within_a_few_request_timeouts() 
     assert!(closed, "a slowly reading client held its connection for {WAIT:?}");
     writer.join().unwrap();
     // The listener serves others meanwhile and after.
-    let (status, body) = post_with(addr, "/v2/enqueue", "", v2_trigger(&routing_key(135), "after").to_string().as_bytes());
+    let (status, body) =
+        post_with(addr, "/v2/enqueue", "", v2_trigger(&routing_key(135), "after").to_string().as_bytes());
     assert_eq!(status, 202, "{body}");
 }
 
@@ -261,7 +278,12 @@ fn values_that_would_crash_the_daemon_are_refused_before_it_starts() {
     );
     // The daemon refuses the same config before it listens anywhere.
     let mut child = KillOnDrop(
-        env.command().arg("daemon").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+        env.command()
+            .arg("daemon")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let mut status = None;
     wait_until("the daemon exits", WAIT, || {
