@@ -120,9 +120,9 @@ impl AllowEntry {
     }
 
     /// Why no client of a listener on `listen` (`None`: not known) could ever match this entry,
-    /// or `None` if one could: the unspecified or broadcast address, a multicast block, the other
-    /// address family than the listener's, or a block without loopback addresses when the
-    /// listener is on loopback.
+    /// or `None` if one could: the unspecified or broadcast address, a multicast block, or the
+    /// other address family than the listener's. (A listener on loopback can have clients with
+    /// any of the host's addresses, bound before they connect, so any unicast block may match.)
     pub fn never_matches(&self, listen: Option<SocketAddr>) -> Option<String> {
         let single = self.prefix == if self.net.is_ipv4() { 32 } else { 128 };
         if single && self.net.is_unspecified() {
@@ -141,38 +141,19 @@ impl AllowEntry {
         if multicast {
             return Some("is a multicast block, and no TCP client has such an address".to_owned());
         }
+        // A listener on [::] also takes IPv4 clients (as mapped addresses); one on a single IPv6
+        // address takes only IPv6 ones, and one on IPv4 only IPv4 ones.
         let listen = listen?.ip();
-        match (listen, self.net) {
-            (IpAddr::V4(_), IpAddr::V6(_)) => {
-                return Some(format!("is IPv6, but http.listen {listen} is IPv4: only IPv4 clients can connect"))
-            }
+        let families = match (listen, self.net) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => Some(("IPv6", "IPv4")),
             (IpAddr::V6(l), IpAddr::V4(_)) if !l.is_unspecified() && l.to_ipv4_mapped().is_none() => {
-                return Some(format!("is IPv4, but http.listen {listen} is IPv6: only IPv6 clients can connect"))
+                Some(("IPv4", "IPv6"))
             }
-            _ => {}
-        }
-        let loopback = match self.net {
-            IpAddr::V4(_) => AllowEntry { net: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), prefix: 8 },
-            IpAddr::V6(_) => AllowEntry { net: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), prefix: 128 },
+            _ => None,
         };
-        if listen.to_canonical().is_loopback() && !self.overlaps(&loopback) {
-            return Some(format!(
-                "has no loopback address, but http.listen {listen} is loopback: only clients on this host connect"
-            ));
-        }
-        None
-    }
-
-    /// Whether this block and `other` (of the same family) share an address.
-    fn overlaps(&self, other: &AllowEntry) -> bool {
-        let prefix = self.prefix.min(other.prefix);
-        match (self.net, other.net) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                masked(u32::from(a).into(), 32, prefix) == masked(u32::from(b).into(), 32, prefix)
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => masked(u128::from(a), 128, prefix) == masked(u128::from(b), 128, prefix),
-            _ => false,
-        }
+        families.map(|(entry, listener)| {
+            format!("is {entry}, but http.listen {listen} is {listener}: only {listener} clients can connect")
+        })
     }
 
     /// Whether `ip` is inside this block (an IPv4-mapped IPv6 address counts as its IPv4 one).
@@ -841,8 +822,6 @@ mod tests {
             ("::1", Some(lo4), "is IPv6"),
             ("10.0.0.0/8", Some(v6), "is IPv4"),
             ("127.0.0.1", Some(lo6), "is IPv4"),
-            ("10.0.0.0/8", Some(lo4), "loopback"),
-            ("fd00::/8", Some(lo6), "loopback"),
         ] {
             let got = never(entry, listen).unwrap_or_else(|| panic!("{entry} on {listen:?} can never match"));
             assert!(got.contains(why), "{entry}: {got}");
@@ -857,6 +836,8 @@ mod tests {
             ("0.0.0.0/0", Some(lo4)),
             ("::ffff:127.0.0.1", Some(lo4)),
             ("::1", Some(lo6)),
+            ("10.0.0.0/8", Some(lo4)),
+            ("fd00::/8", Some(lo6)),
             ("10.0.0.0/8", None),
             ("223.255.255.255", None),
         ] {
