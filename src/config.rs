@@ -80,10 +80,11 @@ pub struct HttpSection {
     /// Client addresses allowed to connect (IPs or CIDRs); empty allows any. Required, with TLS,
     /// when `listen` is not a loopback address.
     pub allow: Vec<String>,
-    /// Most connections served at once; more get a 503 and are closed.
+    /// Most connections served at once; more get a 503 and are closed. 1 to 65536.
     pub max_connections: usize,
     /// A request's headers, and then its body, must each arrive within this long; an idle
-    /// keep-alive connection is closed after it too.
+    /// keep-alive connection, or one whose client takes no answer, is closed after it too.
+    /// 100 ms to 1 h.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
@@ -419,25 +420,10 @@ impl Config {
         if file.ingest.spool_dirs.iter().any(|d| d.as_os_str().is_empty()) {
             problems.push("ingest.spool_dirs: must not hold an empty path".to_owned());
         }
-        if file.ingest.max_file_bytes < 1024 {
-            problems.push("ingest.max_file_bytes: must be at least 1024".to_owned());
-        }
-        if file.retry.max_retry_after < Duration::from_secs(1) {
-            problems.push("retry.max_retry_after: must be at least 1s".to_owned());
-        }
         if file.ingest.spool_dirs.is_empty() {
             problems.push(
                 "ingest.spool_dirs: must name at least one directory (send's drop-files go to the first)".to_owned(),
             );
-        }
-        if file.ingest.rescan_interval < Duration::from_millis(100) {
-            problems.push("ingest.rescan_interval: must be at least 100ms".to_owned());
-        }
-        if file.ingest.max_connections == 0 {
-            problems.push("ingest.max_connections: must be at least 1".to_owned());
-        }
-        if file.ingest.idle_timeout.is_zero() || file.ingest.line_timeout.is_zero() {
-            problems.push("ingest.idle_timeout, line_timeout: must be more than zero".to_owned());
         }
         if file.ingest.admin_socket == file.ingest.socket {
             problems.push("ingest.admin_socket: must differ from ingest.socket".to_owned());
@@ -482,9 +468,6 @@ impl Config {
                 file.metrics.listen
             ));
         }
-        if file.metrics.textfile_interval < Duration::from_secs(1) {
-            problems.push("metrics.textfile_interval: must be at least 1s".to_owned());
-        }
         if !matches!(file.log_format.as_str(), "text" | "json") {
             problems.push(format!("log_format: must be text or json (got {:?})", file.log_format));
         }
@@ -500,18 +483,6 @@ impl Config {
                 "pagerduty.local_address: must be an IP address (got {:?})",
                 file.pagerduty.local_address
             ));
-        }
-        if file.queue.max_pending == 0 {
-            problems.push("queue.max_pending: must be at least 1".to_owned());
-        }
-        if file.queue.dispatch_window == 0 {
-            problems.push("queue.dispatch_window: must be at least 1".to_owned());
-        }
-        if file.retention.sweep_interval < Duration::from_millis(100) {
-            problems.push("retention.sweep_interval: must be at least 100ms".to_owned());
-        }
-        if file.ingest.max_line_bytes < 4096 {
-            problems.push("ingest.max_line_bytes: must be at least 4096".to_owned());
         }
         let events_url = file.pagerduty.events_url.trim_end_matches('/').to_owned();
         match reqwest::Url::parse(&events_url) {
@@ -535,21 +506,10 @@ impl Config {
                 }
             },
         };
-        if file.pagerduty.concurrency == 0 || file.pagerduty.concurrency > 1024 {
-            problems.push("pagerduty.concurrency: must be between 1 and 1024".to_owned());
-        }
-        if file.pagerduty.connect_timeout.is_zero() || file.pagerduty.request_timeout.is_zero() {
-            problems.push("pagerduty.connect_timeout, request_timeout: must be more than zero".to_owned());
-        }
+        check_ranges(&file, &mut problems);
         let r = &file.retry;
-        if r.initial_interval.is_zero() || r.initial_interval > r.max_interval {
-            problems.push("retry.initial_interval: must be more than zero and at most retry.max_interval".to_owned());
-        }
-        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
-            problems.push("retry.multiplier: must be between 1 and 100".to_owned());
-        }
-        if !(0.0..=1.0).contains(&r.randomization_factor) {
-            problems.push("retry.randomization_factor: must be between 0 and 1".to_owned());
+        if r.initial_interval > r.max_interval {
+            problems.push("retry.initial_interval: must be at most retry.max_interval".to_owned());
         }
         let severity = match Severity::exact(&file.mapping.default_severity) {
             Some(s) => s,
@@ -615,20 +575,18 @@ fn check_http(
     http: &HttpSection,
     problems: &mut Vec<String>,
 ) -> (Option<std::net::SocketAddr>, Vec<crate::http::AllowEntry>) {
+    let listen = http.listen.parse::<std::net::SocketAddr>().ok();
     let mut allow = Vec::new();
     for entry in &http.allow {
         match crate::http::AllowEntry::parse(entry) {
-            Some(e) => allow.push(e),
+            Some(e) => match e.never_matches(listen) {
+                Some(why) => problems.push(format!("http.allow: {entry:?} can never match: it {why}")),
+                None => allow.push(e),
+            },
             None => problems.push(format!(
                 "http.allow: {entry:?} is not an IP address or CIDR block (such as \"10.0.0.0/8\" or \"fd00::/8\")"
             )),
         }
-    }
-    if http.max_connections == 0 {
-        problems.push("http.max_connections: must be at least 1".to_owned());
-    }
-    if http.request_timeout < Duration::from_millis(100) {
-        problems.push("http.request_timeout: must be at least 100ms".to_owned());
     }
     let cert = !http.tls_cert.as_os_str().is_empty();
     let key = !http.tls_key.as_os_str().is_empty();
@@ -655,6 +613,114 @@ fn check_http(
         ));
     }
     (Some(listen), allow)
+}
+
+/// Smallest and largest value of every number in the file, checked by [`check_ranges`]: the
+/// sizes in bytes, the counts and the durations. Values outside them are refused by
+/// `check-config` and at start, before anything runs.
+mod range {
+    use std::time::Duration;
+
+    /// 1 KiB, 1 MiB, 1 GiB, 1 PiB in bytes.
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    const GIB: u64 = 1024 * MIB;
+    const PIB: u64 = 1024 * 1024 * GIB;
+
+    /// Connections served at once (socket and HTTP): each holds a file descriptor and a buffer.
+    pub const CONNECTIONS: (u64, u64) = (1, 65_536);
+    /// `ingest.max_file_bytes`.
+    pub const FILE_BYTES: (u64, u64) = (KIB, GIB);
+    /// `ingest.max_line_bytes`: at least an event's worth of room, at most what a connection may buffer.
+    pub const LINE_BYTES: (u64, u64) = (4 * KIB, 16 * MIB);
+    /// `pagerduty.concurrency`.
+    pub const CONCURRENCY: (u64, u64) = (1, 1024);
+    /// `queue.max_pending`.
+    pub const MAX_PENDING: (u64, u64) = (1, 100_000_000);
+    /// `queue.min_free_bytes` (0: no reserve).
+    pub const FREE_BYTES: (u64, u64) = (0, PIB);
+    /// `queue.dispatch_window`.
+    pub const DISPATCH_WINDOW: (u64, u64) = (1, 1_000_000);
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    const fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+
+    /// Timeouts of a request or a line: long enough to be met, short enough to free a slot.
+    pub const REQUEST_TIMEOUT: (Duration, Duration) = (ms(100), s(HOUR));
+    /// `ingest.idle_timeout`.
+    pub const IDLE_TIMEOUT: (Duration, Duration) = (ms(100), s(DAY));
+    /// `pagerduty.connect_timeout`.
+    pub const CONNECT_TIMEOUT: (Duration, Duration) = (ms(100), s(10 * MINUTE));
+    /// `shutdown_timeout` (0: stop without waiting for deliveries in flight).
+    pub const SHUTDOWN_TIMEOUT: (Duration, Duration) = (Duration::ZERO, s(HOUR));
+    /// Periodic work: rescans and sweeps.
+    pub const INTERVAL: (Duration, Duration) = (ms(100), s(DAY));
+    /// `metrics.textfile_interval`.
+    pub const TEXTFILE_INTERVAL: (Duration, Duration) = (s(1), s(DAY));
+    /// `retry.initial_interval`, `retry.max_interval`.
+    pub const RETRY_INTERVAL: (Duration, Duration) = (ms(1), s(DAY));
+    /// `retry.max_retry_after`.
+    pub const RETRY_AFTER: (Duration, Duration) = (s(1), s(DAY));
+    /// `mapping.drop_repeated_triggers` (0: off).
+    pub const REPEAT_WINDOW: (Duration, Duration) = (Duration::ZERO, s(7 * DAY));
+    /// Retention of finished records and the age limit of pending ones (0: at once, or never).
+    pub const RETENTION: (Duration, Duration) = (Duration::ZERO, s(3650 * DAY));
+}
+
+/// Checks every number in the file against its range in [`range`], one problem per key:
+/// `key: must be between MIN and MAX (got VALUE)`.
+fn check_ranges(file: &ConfigFile, problems: &mut Vec<String>) {
+    let count = |problems: &mut Vec<String>, key: &str, value: u64, (min, max): (u64, u64)| {
+        if !(min..=max).contains(&value) {
+            problems.push(format!("{key}: must be between {min} and {max} (got {value})"));
+        }
+    };
+    let span = |problems: &mut Vec<String>, key: &str, value: Duration, (min, max): (Duration, Duration)| {
+        if !(min..=max).contains(&value) {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            problems.push(format!("{key}: must be between {} and {} (got {})", show(min), show(max), show(value)));
+        }
+    };
+    let (i, p, r) = (&file.ingest, &file.pagerduty, &file.retry);
+    let wide = |n: usize| n as u64;
+    count(problems, "ingest.max_connections", wide(i.max_connections), range::CONNECTIONS);
+    count(problems, "ingest.max_file_bytes", i.max_file_bytes, range::FILE_BYTES);
+    count(problems, "ingest.max_line_bytes", wide(i.max_line_bytes), range::LINE_BYTES);
+    count(problems, "pagerduty.concurrency", wide(p.concurrency), range::CONCURRENCY);
+    count(problems, "queue.max_pending", file.queue.max_pending, range::MAX_PENDING);
+    count(problems, "queue.min_free_bytes", file.queue.min_free_bytes, range::FREE_BYTES);
+    count(problems, "queue.dispatch_window", wide(file.queue.dispatch_window), range::DISPATCH_WINDOW);
+    count(problems, "http.max_connections", wide(file.http.max_connections), range::CONNECTIONS);
+    span(problems, "shutdown_timeout", file.shutdown_timeout, range::SHUTDOWN_TIMEOUT);
+    span(problems, "ingest.idle_timeout", i.idle_timeout, range::IDLE_TIMEOUT);
+    span(problems, "ingest.line_timeout", i.line_timeout, range::REQUEST_TIMEOUT);
+    span(problems, "ingest.rescan_interval", i.rescan_interval, range::INTERVAL);
+    span(problems, "pagerduty.connect_timeout", p.connect_timeout, range::CONNECT_TIMEOUT);
+    span(problems, "pagerduty.request_timeout", p.request_timeout, range::REQUEST_TIMEOUT);
+    span(problems, "retry.initial_interval", r.initial_interval, range::RETRY_INTERVAL);
+    span(problems, "retry.max_interval", r.max_interval, range::RETRY_INTERVAL);
+    span(problems, "retry.max_retry_after", r.max_retry_after, range::RETRY_AFTER);
+    span(problems, "mapping.drop_repeated_triggers", file.mapping.drop_repeated_triggers, range::REPEAT_WINDOW);
+    span(problems, "retention.delivered", file.retention.delivered, range::RETENTION);
+    span(problems, "retention.failed", file.retention.failed, range::RETENTION);
+    span(problems, "retention.max_pending_age", file.retention.max_pending_age, range::RETENTION);
+    span(problems, "retention.sweep_interval", file.retention.sweep_interval, range::INTERVAL);
+    span(problems, "metrics.textfile_interval", file.metrics.textfile_interval, range::TEXTFILE_INTERVAL);
+    span(problems, "http.request_timeout", file.http.request_timeout, range::REQUEST_TIMEOUT);
+    // Floats: NaN is outside every range.
+    if !(1.0..=100.0).contains(&r.multiplier) {
+        problems.push(format!("retry.multiplier: must be between 1 and 100 (got {})", r.multiplier));
+    }
+    if !(0.0..=1.0).contains(&r.randomization_factor) {
+        problems.push(format!("retry.randomization_factor: must be between 0 and 1 (got {})", r.randomization_factor));
+    }
 }
 
 /// The id of group `name` (or a number), from the system's group database.
@@ -747,7 +813,7 @@ mod tests {
         assert_eq!(c.http_listen, None);
         let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:8765\"\n").unwrap();
         assert_eq!(c.http_listen, Some("127.0.0.1:8765".parse().unwrap()));
-        let c = Config::from_toml("[http]\nlisten = \"[::1]:0\"\nallow = [\"127.0.0.1\", \"::1/128\"]\n").unwrap();
+        let c = Config::from_toml("[http]\nlisten = \"[::1]:0\"\nallow = [\"::/0\", \"::1/128\"]\n").unwrap();
         assert_eq!(c.http_allow.len(), 2);
     }
 
@@ -799,7 +865,7 @@ mod tests {
         assert_eq!(Config::from_toml("").unwrap().file.queue.dispatch_window, 20_000);
         assert_eq!(Config::from_toml("[queue]\ndispatch_window = 5\n").unwrap().file.queue.dispatch_window, 5);
         let err = Config::from_toml("[queue]\ndispatch_window = 0\n").unwrap_err().to_string();
-        assert_eq!(err, "queue.dispatch_window: must be at least 1");
+        assert_eq!(err, "queue.dispatch_window: must be between 1 and 1000000 (got 0)");
     }
 
     #[test]
@@ -816,5 +882,108 @@ mod tests {
         .unwrap_err();
         let ConfigError::Invalid { problems } = err else { panic!("expected Invalid") };
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn every_number_has_a_range_and_values_past_it_are_named() {
+        let cases = [
+            (
+                "[http]\nmax_connections = 9223372036854775807\n",
+                "http.max_connections: must be between 1 and 65536 (got 9223372036854775807)",
+            ),
+            ("[ingest]\nmax_connections = 0\n", "ingest.max_connections: must be between 1 and 65536 (got 0)"),
+            (
+                "[ingest]\nmax_connections = 100000\n",
+                "ingest.max_connections: must be between 1 and 65536 (got 100000)",
+            ),
+            (
+                "[ingest]\nmax_file_bytes = 100\n",
+                "ingest.max_file_bytes: must be between 1024 and 1073741824 (got 100)",
+            ),
+            (
+                "[ingest]\nmax_file_bytes = 9223372036854775807\n",
+                "ingest.max_file_bytes: must be between 1024 and 1073741824",
+            ),
+            ("[ingest]\nmax_line_bytes = 1073741824\n", "ingest.max_line_bytes: must be between 4096 and 16777216"),
+            ("[pagerduty]\nconcurrency = 5000\n", "pagerduty.concurrency: must be between 1 and 1024 (got 5000)"),
+            ("[queue]\nmax_pending = 9223372036854775807\n", "queue.max_pending: must be between 1 and 100000000"),
+            (
+                "[queue]\nmin_free_bytes = 9223372036854775807\n",
+                "queue.min_free_bytes: must be between 0 and 1125899906842624",
+            ),
+            (
+                "[queue]\ndispatch_window = 9223372036854775807\n",
+                "queue.dispatch_window: must be between 1 and 1000000",
+            ),
+            ("shutdown_timeout = \"100years\"\n", "shutdown_timeout: must be between 0s and 1h (got 100years"),
+            ("[ingest]\nidle_timeout = \"0s\"\n", "ingest.idle_timeout: must be between 100ms and 1day (got 0s)"),
+            ("[ingest]\nline_timeout = \"2h\"\n", "ingest.line_timeout: must be between 100ms and 1h (got 2h)"),
+            (
+                "[ingest]\nrescan_interval = \"10ms\"\n",
+                "ingest.rescan_interval: must be between 100ms and 1day (got 10ms)",
+            ),
+            (
+                "[pagerduty]\nconnect_timeout = \"1h\"\n",
+                "pagerduty.connect_timeout: must be between 100ms and 10m (got 1h)",
+            ),
+            (
+                "[pagerduty]\nrequest_timeout = \"0s\"\n",
+                "pagerduty.request_timeout: must be between 100ms and 1h (got 0s)",
+            ),
+            ("[retry]\ninitial_interval = \"0s\"\n", "retry.initial_interval: must be between 1ms and 1day (got 0s)"),
+            ("[retry]\nmax_interval = \"30days\"\n", "retry.max_interval: must be between 1ms and 1day (got 30days)"),
+            (
+                "[retry]\nmax_retry_after = \"500ms\"\n",
+                "retry.max_retry_after: must be between 1s and 1day (got 500ms)",
+            ),
+            ("[retry]\nmultiplier = nan\n", "retry.multiplier: must be between 1 and 100 (got NaN)"),
+            ("[retry]\nrandomization_factor = 1.5\n", "retry.randomization_factor: must be between 0 and 1 (got 1.5)"),
+            (
+                "[mapping]\ndrop_repeated_triggers = \"30days\"\n",
+                "mapping.drop_repeated_triggers: must be between 0s and 7days",
+            ),
+            ("[retention]\ndelivered = \"100000days\"\n", "retention.delivered: must be between 0s and 9years"),
+            ("[retention]\nfailed = \"100000days\"\n", "retention.failed: must be between 0s and 9years"),
+            ("[retention]\nmax_pending_age = \"100000days\"\n", "retention.max_pending_age: must be between"),
+            (
+                "[retention]\nsweep_interval = \"0s\"\n",
+                "retention.sweep_interval: must be between 100ms and 1day (got 0s)",
+            ),
+            (
+                "[metrics]\ntextfile_interval = \"2days\"\n",
+                "metrics.textfile_interval: must be between 1s and 1day (got 2days)",
+            ),
+            ("[http]\nrequest_timeout = \"5h\"\n", "http.request_timeout: must be between 100ms and 1h (got 5h)"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text).unwrap_err();
+            let ConfigError::Invalid { problems } = err else { panic!("{text}: expected Invalid") };
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert!(problems[0].starts_with(want), "{text}: {problems:?}");
+        }
+        // The ends of each range are inside it.
+        let edges = "shutdown_timeout = \"0s\"\n[ingest]\nmax_connections = 65536\nmax_file_bytes = 1024\n\
+                     max_line_bytes = 16777216\nline_timeout = \"100ms\"\nidle_timeout = \"1day\"\n[http]\n\
+                     max_connections = 1\nrequest_timeout = \"1h\"\n[queue]\nmax_pending = 100000000\nmin_free_bytes = 0\n\
+                     [retention]\ndelivered = \"0s\"\n[retry]\ninitial_interval = \"1ms\"\nmultiplier = 100.0\n";
+        Config::from_toml(edges).unwrap();
+    }
+
+    #[test]
+    fn allow_entries_that_can_never_match_are_refused_and_mapped_ones_normalised() {
+        let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"::ffff:127.0.0.1\"]\n").unwrap();
+        assert_eq!(c.http_allow, vec![crate::http::AllowEntry::parse("127.0.0.1").unwrap()]);
+        // A local client may connect to loopback from any of the host's addresses.
+        Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\"]\n").unwrap();
+        for (text, entry) in [
+            ("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"::1\"]\n", "\"::1\""),
+            ("[http]\nlisten = \"[::1]:0\"\nallow = [\"127.0.0.1\"]\n", "\"127.0.0.1\""),
+            ("[http]\nallow = [\"0.0.0.0\"]\n", "\"0.0.0.0\""),
+            ("[http]\nallow = [\"224.0.0.1\"]\n", "\"224.0.0.1\""),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("http.allow: {entry} can never match: it ")), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

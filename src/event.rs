@@ -266,7 +266,8 @@ impl Event {
     /// Parses and normalizes one event from JSON text (one object, any of the three shapes).
     ///
     /// Shape: an object with `event_type`, `service_key` or `incident_key` is v1; one with
-    /// `event_action` is a v2 alert; otherwise one with `payload` is a v2 change event.
+    /// `event_action` is a v2 alert; otherwise one with `payload` is a v2 change event; one with
+    /// fields of both v1 and v2 is refused (see [`shape_of`]).
     /// Errors name the field and the rule; a body over [`MAX_REQUEST_BYTES`] is refused.
     pub fn from_json(text: &[u8], defaults: &IntakeDefaults) -> Result<Event, EventError> {
         if text.len() > MAX_REQUEST_BYTES * 2 {
@@ -279,22 +280,24 @@ impl Event {
 
     /// As [`Event::from_json`], from an already parsed JSON value.
     pub fn from_value(value: serde_json::Value, defaults: &IntakeDefaults) -> Result<Event, EventError> {
-        let object = value.as_object().ok_or_else(|| EventError::new("event", "must be a JSON object"))?;
+        if !value.is_object() {
+            return Err(EventError::new("event", "must be a JSON object"));
+        }
         if nesting(&value) > MAX_NESTING {
             let rule = format!("must not nest arrays and objects more than {MAX_NESTING} levels deep");
             return Err(EventError::new("event", rule));
         }
-        let event = if ["event_type", "service_key", "incident_key"].iter().any(|k| object.contains_key(*k)) {
-            Event::V1(V1Event::from_input(typed(value)?, defaults)?)
-        } else if object.contains_key("event_action") {
-            Event::Alert(AlertEvent::from_input(typed(value)?, defaults)?)
-        } else if object.contains_key("payload") {
-            Event::Change(ChangeEvent::from_input(typed(value)?, defaults)?)
-        } else {
-            return Err(EventError::new(
-                "event",
-                "must have event_action (v2 alert), event_type (v1) or payload (v2 change)",
-            ));
+        check_numbers(&value)?;
+        let event = match shape_of(&value)? {
+            Some(EventKind::V1) => Event::V1(V1Event::from_input(typed(value)?, defaults)?),
+            Some(EventKind::Alert) => Event::Alert(AlertEvent::from_input(typed(value)?, defaults)?),
+            Some(EventKind::Change) => Event::Change(ChangeEvent::from_input(typed(value)?, defaults)?),
+            None => {
+                return Err(EventError::new(
+                    "event",
+                    "must have event_action (v2 alert), event_type (v1) or payload (v2 change)",
+                ))
+            }
         };
         let size = event.request_body().len();
         if size > MAX_REQUEST_BYTES {
@@ -360,6 +363,84 @@ impl Event {
         };
         result.expect("event types serialize to JSON without fail")
     }
+}
+
+/// Fields that make an object an Events API v1 event.
+pub const V1_MARKERS: [&str; 3] = ["event_type", "service_key", "incident_key"];
+/// Fields of Events API v2 (alert or change) events that the v1 shape has no place for.
+pub const V2_MARKERS: [&str; 6] = ["event_action", "routing_key", "dedup_key", "payload", "images", "links"];
+
+/// Which shape a JSON object is: v1 if it has any of [`V1_MARKERS`], else a v2 alert if it has
+/// `event_action`, else a v2 change event if it has `payload`; `Ok(None)` for none of these (or
+/// not an object).
+///
+/// Errors: an object with fields of both v1 ([`V1_MARKERS`]) and v2 ([`V2_MARKERS`]) is
+/// ambiguous and refused, naming one field of each (`event: has both event_type (Events API v1)
+/// and event_action (v2) ...`): taken as either shape, some of what the producer wrote would be
+/// dropped.
+pub fn shape_of(value: &serde_json::Value) -> Result<Option<EventKind>, EventError> {
+    let Some(object) = value.as_object() else { return Ok(None) };
+    let v1 = V1_MARKERS.iter().find(|k| object.contains_key(**k));
+    let v2 = V2_MARKERS.iter().find(|k| object.contains_key(**k));
+    Ok(match (v1, v2) {
+        (Some(v1), Some(v2)) => {
+            return Err(EventError::new(
+                "event",
+                format!(
+                    "has both {v1} (Events API v1) and {v2} (v2), so its shape is ambiguous; send v1 \
+                     (service_key, event_type, incident_key, description) or v2 (routing_key, event_action, \
+                     dedup_key, payload), not a mix"
+                ),
+            ))
+        }
+        (Some(_), None) => Some(EventKind::V1),
+        (None, _) if object.contains_key("event_action") => Some(EventKind::Alert),
+        (None, _) if object.contains_key("payload") => Some(EventKind::Change),
+        (None, _) => None,
+    })
+}
+
+/// Refuses a number past a double's range (such as `1e400`): PagerDuty could not read it. Other
+/// numbers, integers past 2^64 included, are kept exactly as written (serde_json's
+/// `arbitrary_precision`). The error names the field's path.
+fn check_numbers(value: &serde_json::Value) -> Result<(), EventError> {
+    let out_of_range = |n: &serde_json::Number| n.as_f64().is_none_or(|f| !f.is_finite());
+    // A first walk without paths: the common case, every number fine, costs no allocation.
+    let mut stack = vec![value];
+    let mut found = false;
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Number(n) if out_of_range(n) => {
+                found = true;
+                break;
+            }
+            serde_json::Value::Array(a) => stack.extend(a.iter()),
+            serde_json::Value::Object(o) => stack.extend(o.values()),
+            _ => {}
+        }
+    }
+    if !found {
+        return Ok(());
+    }
+    let mut stack = vec![(value, String::new())];
+    while let Some((v, path)) = stack.pop() {
+        let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+        match v {
+            serde_json::Value::Number(n) if out_of_range(n) => {
+                let field = if path.is_empty() { "event".to_owned() } else { path };
+                let mut text = n.to_string();
+                if truncate_chars(&mut text, 40) {
+                    text.push('…');
+                }
+                let rule = format!("must be a number within a double's range, ±1.8e308 (got {text})");
+                return Err(EventError::new(field, rule));
+            }
+            serde_json::Value::Array(a) => stack.extend(a.iter().enumerate().map(|(i, c)| (c, join(&i.to_string())))),
+            serde_json::Value::Object(o) => stack.extend(o.iter().map(|(k, c)| (c, join(k)))),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Deepest nesting of arrays and objects in `value` (a scalar is 0), walked without recursion.
@@ -611,6 +692,117 @@ mod tests {
             assert_eq!(err.field, field, "{input:.120} gave {err}");
             assert!(!err.rule.is_empty());
             assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_shapes_are_refused_naming_both_fields() {
+        let d = IntakeDefaults {
+            routing_key: Some(RoutingKey::parse(&"d".repeat(32), "routing_key").unwrap()),
+            source: "h".into(),
+            severity: Severity::Error,
+        };
+        let key = "k".repeat(32);
+        let payload = r#"{"summary":"s","source":"x","severity":"info"}"#;
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                format!(
+                    r#"{{"routing_key":"{key}","event_action":"trigger","event_type":"trigger","payload":{payload}}}"#
+                ),
+                "event_type",
+                "event_action",
+            ),
+            (
+                r#"{"event_action":"trigger","event_type":"trigger","description":"d"}"#.to_owned(),
+                "event_type",
+                "event_action",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","routing_key":"{key}","event_type":"trigger","description":"d"}}"#),
+                "event_type",
+                "routing_key",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","routing_key":"{key}","payload":{{"summary":"deployed"}}}}"#),
+                "service_key",
+                "routing_key",
+            ),
+            (
+                format!(r#"{{"routing_key":"{key}","event_action":"resolve","incident_key":"i","dedup_key":"i"}}"#),
+                "incident_key",
+                "event_action",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","payload":{payload}}}"#),
+                "event_type",
+                "payload",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"resolve","incident_key":"i","dedup_key":"i"}}"#),
+                "event_type",
+                "dedup_key",
+            ),
+            (
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","links":[]}}"#),
+                "event_type",
+                "links",
+            ),
+        ];
+        for (input, v1, v2) in cases {
+            let err = Event::from_json(input.as_bytes(), &d).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.field, "event", "{input}: {text}");
+            assert!(text.contains(&format!("has both {v1} (Events API v1) and {v2} (v2)")), "{input}: {text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+        }
+        // Fields both shapes have (client, client_url) or v1-only fields that are not markers do
+        // not make a shape ambiguous.
+        let v2 = format!(r#"{{"routing_key":"{key}","event_action":"trigger","client":"c","payload":{payload}}}"#);
+        assert_eq!(Event::from_json(v2.as_bytes(), &d).unwrap().kind(), EventKind::Alert);
+        let v1 = format!(r#"{{"service_key":"{key}","event_type":"trigger","client":"c","description":"d"}}"#);
+        assert_eq!(Event::from_json(v1.as_bytes(), &d).unwrap().kind(), EventKind::V1);
+    }
+
+    #[test]
+    fn integers_past_2_64_in_details_are_kept_exactly() {
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
+        let key = "k".repeat(32);
+        let numbers = [
+            "18446744073709551617",
+            "-18446744073709551617",
+            "340282366920938463463374607431768211457",
+            "123456789012345678901234567890.5",
+            "0.1000000000000000055511151231257827",
+        ];
+        for n in numbers {
+            let text = format!(
+                r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","custom_details":{{"n":{n},"list":[{n}]}}}}}}"#
+            );
+            let event = Event::from_json(text.as_bytes(), &d).unwrap();
+            let body = String::from_utf8(event.request_body()).unwrap();
+            assert!(body.contains(&format!(r#""n":{n}"#)) && body.contains(&format!("[{n}]")), "{n}: {body}");
+            let v1 =
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","details":{{"n":{n}}}}}"#);
+            let body = String::from_utf8(Event::from_json(v1.as_bytes(), &d).unwrap().request_body()).unwrap();
+            assert!(body.contains(&format!(r#""n":{n}"#)), "{n}: {body}");
+        }
+    }
+
+    #[test]
+    fn numbers_past_a_doubles_range_are_refused_with_their_path() {
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
+        let key = "k".repeat(32);
+        for (details, field) in [
+            (r#"{"n":1e400}"#, "payload.custom_details.n"),
+            (r#"{"a":[1,{"b":-1E309}]}"#, "payload.custom_details.a.1.b"),
+            (&format!(r#"{{"big":{}}}"#, "9".repeat(400)), "payload.custom_details.big"),
+        ] {
+            let text = format!(
+                r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","custom_details":{details}}}}}"#
+            );
+            let err = Event::from_json(text.as_bytes(), &d).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.rule.contains("within a double's range") && err.rule.len() < 120, "{err}");
         }
     }
 }

@@ -22,14 +22,20 @@
 //!
 //! Bounds: at most `max_connections` connections (more get a 503 and are closed); headers, and then
 //! the body, must each arrive within `request_timeout` (else the connection is closed, or 408); an
-//! idle keep-alive connection is closed after `request_timeout` too; header block at most 64 KB.
+//! idle keep-alive connection is closed after `request_timeout` too, and so is one whose client
+//! takes nothing of an answer for that long; a connection lasts at most
+//! [`CONNECTION_LIFETIME_FACTOR`] request timeouts. Request line and headers at most 64 KB (431).
 //! With `tls_cert` and `tls_key` it speaks HTTPS only (rustls, TLS 1.2 and 1.3, HTTP/1.1); with a
 //! non-empty `allow`, connections from other addresses are closed at once.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -40,7 +46,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -56,13 +62,18 @@ use crate::queue::store::{NewEvent, Store, StoreError};
 /// Name of the file, in `state_dir`, that holds the listener's bound address while it runs.
 pub const ADDR_FILE: &str = "http.addr";
 
-/// Largest header block read, in bytes.
+/// Largest request head (request line and headers), in bytes; a larger one gets 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Past the body limit, how long and how many bytes the rest of the body is read and discarded,
 /// so that the client sees the 413 instead of a reset connection.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A connection is served for at most this many `request_timeout`s, then closed after the request
+/// in progress (which gets one more `request_timeout` to be answered and taken): a client that
+/// reads its answers only just fast enough to keep them flowing still cannot hold a connection.
+const CONNECTION_LIFETIME_FACTOR: u32 = 4;
 
 /// Longest wait, at shutdown, for requests in progress to be answered.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -80,6 +91,9 @@ pub struct AllowEntry {
 
 impl AllowEntry {
     /// Parses `10.0.0.0/8`, `192.0.2.7`, `fd00::/8` or `::1`; `None` if it is none of these.
+    ///
+    /// An IPv4-mapped IPv6 entry (`::ffff:127.0.0.1`, `::ffff:10.0.0.0/104`) is normalised to the
+    /// IPv4 address or block it maps, since clients are matched by their IPv4 address.
     pub fn parse(text: &str) -> Option<AllowEntry> {
         let text = text.trim();
         let (addr, prefix) = match text.split_once('/') {
@@ -93,7 +107,53 @@ impl AllowEntry {
             Some(_) => return None,
             None => max,
         };
-        (prefix <= max).then_some(AllowEntry { net, prefix })
+        if prefix > max {
+            return None;
+        }
+        match net {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Some(AllowEntry { net: IpAddr::V4(v4), prefix: prefix - 96 }),
+                None => Some(AllowEntry { net, prefix }),
+            },
+            _ => Some(AllowEntry { net, prefix }),
+        }
+    }
+
+    /// Why no client of a listener on `listen` (`None`: not known) could ever match this entry,
+    /// or `None` if one could: the unspecified or broadcast address, a multicast block, or the
+    /// other address family than the listener's. (A listener on loopback can have clients with
+    /// any of the host's addresses, bound before they connect, so any unicast block may match.)
+    pub fn never_matches(&self, listen: Option<SocketAddr>) -> Option<String> {
+        let single = self.prefix == if self.net.is_ipv4() { 32 } else { 128 };
+        if single && self.net.is_unspecified() {
+            return Some(format!(
+                "is the unspecified address, which no client has (for any client, use {}/0)",
+                self.net
+            ));
+        }
+        if single && self.net == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+            return Some("is the broadcast address, which no client has".to_owned());
+        }
+        let multicast = match self.net {
+            IpAddr::V4(_) => self.prefix >= 4 && self.net.is_multicast(),
+            IpAddr::V6(_) => self.prefix >= 8 && self.net.is_multicast(),
+        };
+        if multicast {
+            return Some("is a multicast block, and no TCP client has such an address".to_owned());
+        }
+        // A listener on [::] also takes IPv4 clients (as mapped addresses); one on a single IPv6
+        // address takes only IPv6 ones, and one on IPv4 only IPv4 ones.
+        let listen = listen?.ip();
+        let families = match (listen, self.net) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => Some(("IPv6", "IPv4")),
+            (IpAddr::V6(l), IpAddr::V4(_)) if !l.is_unspecified() && l.to_ipv4_mapped().is_none() => {
+                Some(("IPv4", "IPv6"))
+            }
+            _ => None,
+        };
+        families.map(|(entry, listener)| {
+            format!("is {entry}, but http.listen {listen} is {listener}: only {listener} clients can connect")
+        })
     }
 
     /// Whether `ip` is inside this block (an IPv4-mapped IPv6 address counts as its IPv4 one).
@@ -313,6 +373,8 @@ async fn connection(
     shutdown: Shutdown,
 ) {
     let _ = stream.set_nodelay(true);
+    // Under TLS too: the stall that matters is the socket's.
+    let stream = WriteDeadline::new(stream, ctx.request_timeout);
     match tls {
         Some(acceptor) => match tokio::time::timeout(ctx.request_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => serve(TokioIo::new(stream), peer, ctx, shutdown).await,
@@ -333,19 +395,114 @@ where
         async move { Ok::<_, Infallible>(handle(request, &ctx).await) }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_HEADER_BYTES);
+    // max_header_size refuses a complete head over the limit with 431, however it arrived;
+    // max_buf_size stops reading an unfinished one there (also 431).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(timeout.saturating_mul(CONNECTION_LIFETIME_FACTOR));
     let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.wait() => {
-            // Answer the request in progress, if any, then close.
+        result = conn.as_mut() => Some(result),
+        _ = shutdown.wait() => None,
+        _ = lifetime => {
+            debug!(%peer, "http connection at the end of its lifetime; closing after the request in progress");
+            None
+        }
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
+            // Answer the request in progress, if any, then close; a client that does not take the
+            // answer within the timeout is dropped.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            match tokio::time::timeout(timeout, conn).await {
+                Ok(result) => result,
+                Err(_) => {
+                    debug!(%peer, "http connection dropped: the last answer was not taken in time");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once one has made no progress for `limit`, so that
+/// a client that stops reading its answers (pipelining requests meanwhile) cannot hold a
+/// connection: once the socket's buffers are full, it is closed `limit` later.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Running while a write, flush or shutdown is pending; cleared by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// Passes a ready result on (and clears the stall); on pending, starts or checks the clock.
+    fn progress<T>(&mut self, cx: &mut TaskContext<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing of the answer for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, polled)
     }
 }
 
@@ -480,20 +637,6 @@ async fn read_body(request: Request<Incoming>, timeout: Duration) -> Body {
     }
 }
 
-/// The kind of event an object is, by the rule [`Event::from_value`] uses; `None` if it names none.
-fn shape_of(value: &Value) -> Option<EventKind> {
-    let object = value.as_object()?;
-    if ["event_type", "service_key", "incident_key"].iter().any(|k| object.contains_key(*k)) {
-        Some(EventKind::V1)
-    } else if object.contains_key("event_action") {
-        Some(EventKind::Alert)
-    } else if object.contains_key("payload") {
-        Some(EventKind::Change)
-    } else {
-        None
-    }
-}
-
 /// Why an event of kind `got` is refused at the endpoint of kind `want`, as `field: rule`.
 fn wrong_endpoint(want: EventKind, got: EventKind) -> String {
     let (field, rule) = match (want, got) {
@@ -525,7 +668,7 @@ fn wrong_endpoint(want: EventKind, got: EventKind) -> String {
 /// PagerDuty would accept, normalized as every intake does.
 pub fn parse_for(body: &[u8], kind: EventKind, defaults: &IntakeDefaults) -> Result<Event, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("event: is not valid JSON ({e})"))?;
-    if let Some(shape) = shape_of(&value) {
+    if let Some(shape) = crate::event::shape_of(&value).map_err(|e| e.to_string())? {
         if shape != kind {
             return Err(wrong_endpoint(kind, shape));
         }
@@ -641,6 +784,64 @@ mod tests {
         assert!(any.contains("203.0.113.5".parse().unwrap()));
         for bad in ["10.0.0.0/33", "::/129", "web1", "10.0.0.0/", "10.0.0.0/+8", "", "10.0.0/8"] {
             assert_eq!(AllowEntry::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_normalised_to_ipv4() {
+        for (mapped, plain) in [
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+        ] {
+            assert_eq!(AllowEntry::parse(mapped), AllowEntry::parse(plain), "{mapped}");
+        }
+        let one = AllowEntry::parse("::ffff:127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(one.contains("::ffff:127.0.0.1".parse().unwrap()));
+        // Below /96 the block holds more than mapped addresses: left as IPv6.
+        assert!(AllowEntry::parse("::ffff:0:0/95").unwrap().net.is_ipv6());
+    }
+
+    #[test]
+    fn entries_that_can_never_match_are_named() {
+        let v4: SocketAddr = "192.0.2.1:8765".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:8765".parse().unwrap();
+        let any6: SocketAddr = "[::]:8765".parse().unwrap();
+        let lo4: SocketAddr = "127.0.0.1:8765".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:8765".parse().unwrap();
+        let never = |entry: &str, listen: Option<SocketAddr>| AllowEntry::parse(entry).unwrap().never_matches(listen);
+        for (entry, listen, why) in [
+            ("0.0.0.0", None, "unspecified"),
+            ("::", None, "unspecified"),
+            ("255.255.255.255", None, "broadcast"),
+            ("224.0.0.0/4", None, "multicast"),
+            ("239.1.2.3", None, "multicast"),
+            ("ff02::1", None, "multicast"),
+            ("fd00::/8", Some(v4), "is IPv6"),
+            ("::1", Some(lo4), "is IPv6"),
+            ("10.0.0.0/8", Some(v6), "is IPv4"),
+            ("127.0.0.1", Some(lo6), "is IPv4"),
+        ] {
+            let got = never(entry, listen).unwrap_or_else(|| panic!("{entry} on {listen:?} can never match"));
+            assert!(got.contains(why), "{entry}: {got}");
+        }
+        for (entry, listen) in [
+            ("0.0.0.0/0", Some(v4)),
+            ("::/0", Some(v6)),
+            ("10.0.0.0/8", Some(any6)),
+            ("fd00::/8", Some(any6)),
+            ("127.0.0.1", Some(lo4)),
+            ("127.0.0.0/8", Some(lo4)),
+            ("0.0.0.0/0", Some(lo4)),
+            ("::ffff:127.0.0.1", Some(lo4)),
+            ("::1", Some(lo6)),
+            ("10.0.0.0/8", Some(lo4)),
+            ("fd00::/8", Some(lo6)),
+            ("10.0.0.0/8", None),
+            ("223.255.255.255", None),
+        ] {
+            assert_eq!(never(entry, listen), None, "{entry} on {listen:?}");
         }
     }
 
