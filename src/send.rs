@@ -50,11 +50,10 @@ pub struct Sent {
     pub handed: Handed,
 }
 
+/// Splits `KEY=VALUE` at the first `=`, as pd-send did: an empty key (`=v`) or value (`k=`) is
+/// kept.
 fn split_pair<'a>(value: &'a str, flag: &str) -> Result<(&'a str, &'a str), EventError> {
-    match value.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => Err(EventError::new(flag, format!("must be KEY=VALUE (got {value:?})"))),
-    }
+    value.split_once('=').ok_or_else(|| EventError::new(flag, format!("must be KEY=VALUE (got {value:?})")))
 }
 
 /// Builds the event JSON from the flags, in the shape `--api` and `--change` select.

@@ -69,14 +69,12 @@ impl V1Event {
             None => return Err(EventError::new("incident_key", format!("is required for {event_type}"))),
         };
         let mut description = input.description.filter(|d| !d.is_empty());
-        match &mut description {
-            Some(d) => {
-                truncate_chars(d, MAX_SUMMARY_CHARS);
-            }
-            None if event_type == EventAction::Trigger => {
-                return Err(EventError::new("description", "is required for trigger"))
-            }
-            None => {}
+        if let Some(d) = &mut description {
+            truncate_chars(d, MAX_SUMMARY_CHARS);
+        }
+        // As pd-send and v2's summary: a trigger's description must have more than blanks.
+        if event_type == EventAction::Trigger && description.as_deref().is_none_or(|d| d.trim().is_empty()) {
+            return Err(EventError::new("description", "is required for trigger and must not be blank"));
         }
         for (i, context) in input.contexts.iter().enumerate() {
             if !context.is_object() {
