@@ -214,7 +214,7 @@ pub struct SendArgs {
     #[arg(long, value_enum, default_value = "v2")]
     pub api: ApiVersion,
     /// Send a change event (v2) instead of an alert.
-    #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class", "images"])]
+    #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class"])]
     pub change: bool,
 }
 

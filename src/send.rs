@@ -94,6 +94,9 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
         if !links.is_empty() {
             obj.insert("links".into(), Value::Array(links));
         }
+        if !args.images.is_empty() {
+            obj.insert("images".into(), Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()));
+        }
         return Ok(Value::Object(obj));
     }
     let action = match args.event_action {
