@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A test-only certificate for 127.0.0.1 and localhost (self-signed, CA:FALSE, valid 2000-2100),
 /// and its key. Nothing else trusts it.
-const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+pub(crate) const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
 MIIBhTCCASygAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlsb2NhbGhv
 c3QwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
 CWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABEFwFtiA2kcxblKu
@@ -28,7 +28,7 @@ tdVzYTNr7iawx1YnsqIphRYJEC1W6zMCIGEHE9m5jqJEGJCoilrmKvCvZIioeA8Q
 NkSSdHigLTRr
 -----END CERTIFICATE-----
 ";
-const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+pub(crate) const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCTq2qCzMKMGZv6yZ
 5F31qM6fhxFtH7GcW044X/o0VeKhRANCAARBcBbYgNpHMW5Srhc0bbhd0rAFL3Bz
 3sv+BR6ma/ia/OkSClmwLoMKERMFVBKMpk3xwkbRMGsiGVJ3vVTC9ktP
@@ -36,13 +36,13 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCTq2qCzMKMGZv6yZ
 ";
 
 /// A TestEnv with the listener on 127.0.0.1, an ephemeral port; `extra` goes under `[http]`.
-fn http_env(extra: &str) -> TestEnv {
+pub(crate) fn http_env(extra: &str) -> TestEnv {
     TestEnv::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"))
 }
 
 /// The address the running daemon's listener is bound to (from `state_dir/http.addr`, which is
 /// written before the socket answers).
-fn http_addr(env: &TestEnv) -> SocketAddr {
+pub(crate) fn http_addr(env: &TestEnv) -> SocketAddr {
     let file = env.state.join("http.addr");
     let mut addr = None;
     wait_until("state_dir/http.addr", WAIT, || {
