@@ -162,3 +162,56 @@ fn pagerdutys_client_libraries_over_http_and_loopback_tls() {
     check_change(&got, "pdjs change", &normal(&js["timestamp"]));
     assert_eq!(env.fake.accepted().len(), 13);
 }
+
+/// The contract test: schemathesis drives the local endpoint from PagerDuty's OpenAPI files
+/// (`tests/clients/contract.py`): no 5xx, only documented status codes, response bodies that
+/// match the schema; every field for which pdrelay refuses a request the schema allows is named
+/// in the README's list of such refusals.
+#[test]
+fn the_local_endpoint_keeps_pagerdutys_openapi_contract() {
+    let Some(clients) = clients() else { return };
+    let has_schemathesis = Command::new(&clients.python)
+        .args(["-c", "import schemathesis, yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_schemathesis {
+        let missing = format!("schemathesis is not installed for {}; .ci/run shows how", clients.python.display());
+        assert!(std::env::var("PDRELAY_REQUIRE_CLIENTS").is_err(), "{missing}");
+        eprintln!("SKIPPED: {missing}");
+        return;
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let listed = readme
+        .split("Requests PagerDuty's schema allows that pdrelay refuses")
+        .nth(1)
+        .expect("README: the list of requests PagerDuty's schema allows that pdrelay refuses")
+        .split("\n\n")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let env = http_env("");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let work = tempfile::tempdir().unwrap();
+    let openapi = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/pagerduty-openapi");
+    let out = Command::new(&clients.python)
+        .arg(script("contract.py"))
+        .args([&format!("http://{addr}"), &routing_key(62)])
+        .arg(&openapi)
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let report = succeeded("schemathesis", out);
+    for (pass, result) in report["passes"].as_object().unwrap() {
+        assert_eq!(result["exit"], 0, "schemathesis {pass}:\n{}", result["tail"].as_str().unwrap_or_default());
+    }
+    let refused = report["refused"].as_object().unwrap();
+    assert!(refused.contains_key("payload.summary"), "the positive pass reached the intake rules: {refused:?}");
+    for (field, example) in refused {
+        assert!(
+            listed.contains(&format!("`{field}`")),
+            "README must list `{field}` among the requests PagerDuty's schema allows that pdrelay refuses \
+             (pdrelay answered: {example})"
+        );
+    }
+}
