@@ -29,6 +29,10 @@ pub enum Command {
     /// Run the service in the foreground (SIGTERM or SIGINT stops it gracefully).
     Daemon,
     /// Enqueue one event; accepts pd-send's flags. Prints the event id and dedup key.
+    ///
+    /// `send`, `nagios` and `sensu` read their flags as pdagent's Python argparse did: a flag
+    /// given twice keeps the last value, an unambiguous abbreviation of a long option works, and
+    /// an option's value may start with a dash.
     #[command(args_override_self = true, infer_long_args = true)]
     Send(Box<SendArgs>),
     /// A Nagios/Icinga notification command; accepts pd-nagios's flags.

@@ -36,7 +36,7 @@ for name, base in [("events-v2", "/v2"), ("events-v1", "/generic/2010-04-15")]:
             [str(schemathesis), "run", str(openapi / f"{name}.openapi.json"), "--url", origin + base,
              "--checks", checks, "--mode", mode, "--max-examples", "60", "--seed", "14",
              "--workers", "1", "--report", "vcr", "--report-dir", str(reports)],
-            env=env, capture_output=True, text=True, timeout=900,
+            env=env, capture_output=True, text=True, timeout=900, cwd=work,
         )
         out["passes"][f"{name} {mode}"] = {"exit": run.returncode, "tail": run.stdout[-3000:] + run.stderr[-2000:]}
         if mode != "positive":
