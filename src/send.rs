@@ -305,9 +305,30 @@ mod tests {
         assert_eq!(v["incident_key"], "x");
         assert_eq!(v["contexts"][0]["href"], "https://a/b?c=d");
         assert_eq!(v["contexts"][1]["text"], "F");
-        let v = event_json(&args(&["--change", "-k", &k, "-d", "deployed v2"])).unwrap();
+        let v = event_json(&args(&["--change", "-k", &k, "-d", "deployed v2", "--image", "https://i/g.png"])).unwrap();
         assert!(v.get("event_action").is_none());
         assert_eq!(v["payload"]["summary"], "deployed v2");
+        assert_eq!(v["images"], json!([{"src": "https://i/g.png"}]));
+        // pd-send's argparse habits: the last of a repeated flag, abbreviations, dash-led values,
+        // an empty field name.
+        let v = event_json(&args(&[
+            "--serv",
+            &k,
+            "-t",
+            "trigger",
+            "--desc",
+            "first",
+            "-d",
+            "- disk full",
+            "--inc",
+            "-abc def",
+            "-f",
+            "=v",
+        ]))
+        .unwrap();
+        assert_eq!(v["payload"]["summary"], "- disk full");
+        assert_eq!(v["dedup_key"], "-abc def");
+        assert_eq!(v["payload"]["custom_details"], json!({"": "v"}));
         assert_eq!(event_json(&args(&["-k", &k, "-d", "x"])).unwrap_err().field, "--event-type");
         assert_eq!(event_json(&args(&["-k", &k, "-t", "trigger", "-f", "novalue"])).unwrap_err().field, "--field");
         assert_eq!(

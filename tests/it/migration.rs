@@ -638,6 +638,8 @@ fn every_pdagent_golden_case_through_the_wrappers_and_api_v1() {
                     failures.push(format!("accepted what pdrelay should refuse: {}", describe(case, how, &out)));
                     delivered += 1;
                     env.fake.wait_accepted(delivered, WAIT);
+                } else if out.status.code() != Some(2) {
+                    failures.push(format!("refused with another exit code than 2: {}", describe(case, how, &out)));
                 }
                 continue;
             }
