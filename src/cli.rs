@@ -205,7 +205,8 @@ pub struct SendArgs {
     /// Class of the event [v2].
     #[arg(long, allow_hyphen_values = true)]
     pub class: Option<String>,
-    /// When the event happened, ISO 8601 (e.g. 2026-11-29T16:55:00Z) [v2].
+    /// When the event happened, ISO 8601 with seconds (2026-11-29T16:55:00Z,
+    /// 2015-07-17T08:42:58.315+0000); sent in UTC [v2].
     #[arg(long, allow_hyphen_values = true)]
     pub timestamp: Option<String>,
     /// A link, HREF or HREF=TEXT; repeatable.
