@@ -29,12 +29,19 @@ pub enum Command {
     /// Run the service in the foreground (SIGTERM or SIGINT stops it gracefully).
     Daemon,
     /// Enqueue one event; accepts pd-send's flags. Prints the event id and dedup key.
+    ///
+    /// `send`, `nagios` and `sensu` read their flags as pdagent's Python argparse did: a flag
+    /// given twice keeps the last value, an unambiguous abbreviation of a long option works, and
+    /// an option's value may start with a dash.
+    #[command(args_override_self = true, infer_long_args = true)]
     Send(Box<SendArgs>),
     /// A Nagios/Icinga notification command; accepts pd-nagios's flags.
+    #[command(args_override_self = true, infer_long_args = true)]
     Nagios(NagiosArgs),
     /// A Zabbix media-type script: pd-zabbix's arguments, KEY SUBJECT BODY.
     Zabbix(ZabbixArgs),
     /// A Sensu pipe handler: pd-sensu's flags; reads the check result (JSON) on standard input.
+    #[command(args_override_self = true, infer_long_args = true)]
     Sensu(SensuArgs),
     /// Import the events left in pdagent's queue directory, renaming each file once it is stored.
     ImportPdagent(ImportPdagentArgs),
@@ -132,61 +139,87 @@ pub enum ActionArg {
 #[derive(Debug, Clone, Args)]
 pub struct SendArgs {
     /// Routing (integration) key: 32 alphanumeric characters [default: pagerduty.default_routing_key].
-    #[arg(short = 'k', long = "service-key", visible_alias = "routing-key", value_name = "KEY")]
+    #[arg(
+        short = 'k',
+        long = "service-key",
+        visible_alias = "routing-key",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub routing_key: Option<String>,
     /// Event action (pd-send: event type). Not used with --change.
-    #[arg(short = 't', long = "event-type", visible_alias = "event-action", value_enum, value_name = "ACTION")]
+    #[arg(
+        short = 't',
+        long = "event-type",
+        visible_alias = "event-action",
+        value_enum,
+        value_name = "ACTION",
+        allow_hyphen_values = true
+    )]
     pub event_action: Option<ActionArg>,
     /// Summary (v1: description); at most 1024 characters, longer is cut.
-    #[arg(short = 'd', long = "description", visible_alias = "summary", value_name = "TEXT")]
+    #[arg(
+        short = 'd',
+        long = "description",
+        visible_alias = "summary",
+        value_name = "TEXT",
+        allow_hyphen_values = true
+    )]
     pub summary: Option<String>,
     /// Dedup key (v1: incident key); a trigger without one gets one.
-    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
+    #[arg(
+        short = 'i',
+        long = "incident-key",
+        visible_alias = "dedup-key",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub dedup_key: Option<String>,
     /// Name of the monitoring client.
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, allow_hyphen_values = true)]
     pub client: Option<String>,
     /// URL of the monitoring client.
-    #[arg(short = 'u', long = "client-url", value_name = "URL")]
+    #[arg(short = 'u', long = "client-url", value_name = "URL", allow_hyphen_values = true)]
     pub client_url: Option<String>,
     /// A custom detail, KEY=VALUE; repeatable.
-    #[arg(short = 'f', long = "field", value_name = "KEY=VALUE")]
+    #[arg(short = 'f', long = "field", value_name = "KEY=VALUE", allow_hyphen_values = true)]
     pub fields: Vec<String>,
     /// pd-send's context: link:href=URL[,text=TEXT] or image:src=URL[,href=URL][,alt=TEXT]; repeatable.
-    #[arg(short = 'x', long = "context", value_name = "TYPE:KEY=VALUE,...")]
+    #[arg(short = 'x', long = "context", value_name = "TYPE:KEY=VALUE,...", allow_hyphen_values = true)]
     pub contexts: Vec<String>,
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// critical, error, warning or info (other words are mapped) [v2].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub severity: Option<String>,
     /// Affected system [v2; default: this host's name].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub source: Option<String>,
     /// Component of the source [v2].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub component: Option<String>,
     /// Logical group [v2].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub group: Option<String>,
     /// Class of the event [v2].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub class: Option<String>,
-    /// When the event happened, ISO 8601 (e.g. 2026-11-29T16:55:00Z) [v2].
-    #[arg(long)]
+    /// When the event happened, ISO 8601 with seconds (2026-11-29T16:55:00Z,
+    /// 2015-07-17T08:42:58.315+0000); sent in UTC [v2].
+    #[arg(long, allow_hyphen_values = true)]
     pub timestamp: Option<String>,
     /// A link, HREF or HREF=TEXT; repeatable.
-    #[arg(long = "link", value_name = "HREF[=TEXT]")]
+    #[arg(long = "link", value_name = "HREF[=TEXT]", allow_hyphen_values = true)]
     pub links: Vec<String>,
     /// An image URL; repeatable.
-    #[arg(long = "image", value_name = "SRC")]
+    #[arg(long = "image", value_name = "SRC", allow_hyphen_values = true)]
     pub images: Vec<String>,
     /// Events API version.
     #[arg(long, value_enum, default_value = "v2")]
     pub api: ApiVersion,
     /// Send a change event (v2) instead of an alert.
-    #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class", "images"])]
+    #[arg(long, conflicts_with_all = ["event_action", "dedup_key", "severity", "component", "group", "class"])]
     pub change: bool,
 }
 
@@ -194,21 +227,42 @@ pub struct SendArgs {
 #[derive(Debug, Clone, Args)]
 pub struct NagiosArgs {
     /// Routing (integration) key [default: pagerduty.default_routing_key].
-    #[arg(short = 'k', long = "service-key", visible_alias = "routing-key", value_name = "KEY")]
+    #[arg(
+        short = 'k',
+        long = "service-key",
+        visible_alias = "routing-key",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub routing_key: Option<String>,
     /// $NOTIFICATIONTYPE$: PROBLEM, ACKNOWLEDGEMENT, RECOVERY, FLAPPINGSTART, ...
-    #[arg(short = 't', long = "notification-type", value_name = "NOTIFICATIONTYPE")]
+    #[arg(short = 't', long = "notification-type", value_name = "NOTIFICATIONTYPE", allow_hyphen_values = true)]
     pub notification_type: String,
     /// What the notification is about.
-    #[arg(short = 'n', long = "notification-object", value_enum, value_name = "host|service")]
+    #[arg(
+        short = 'n',
+        long = "notification-object",
+        value_enum,
+        value_name = "host|service",
+        allow_hyphen_values = true
+    )]
     pub object: crate::intake::nagios::NagiosObject,
     /// Dedup (incident) key to use instead of pd-nagios's.
-    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
+    #[arg(
+        short = 'i',
+        long = "incident-key",
+        visible_alias = "dedup-key",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub dedup_key: Option<String>,
     /// A macro, MACRO=VALUE (e.g. -f HOSTNAME=$HOSTNAME$); repeatable. With none, the NAGIOS_*
     /// and ICINGA_* environment macros are read.
-    #[arg(short = 'f', long = "field", value_name = "MACRO=VALUE")]
+    #[arg(short = 'f', long = "field", value_name = "MACRO=VALUE", allow_hyphen_values = true)]
     pub fields: Vec<String>,
+    /// Events API version: v1 sends the event pd-nagios queued (its description and details).
+    #[arg(long, value_enum, default_value = "v2")]
+    pub api: ApiVersion,
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -239,10 +293,16 @@ pub struct ZabbixArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SensuArgs {
     /// Routing (integration) key [default: pagerduty.default_routing_key].
-    #[arg(short = 'k', long = "integration-key", visible_aliases = ["routing-key", "service-key"], value_name = "KEY")]
+    #[arg(short = 'k', long = "integration-key", visible_aliases = ["routing-key", "service-key"], value_name = "KEY", allow_hyphen_values = true)]
     pub routing_key: Option<String>,
     /// Dedup (incident) key to use instead of `<client name>/<check name>`.
-    #[arg(short = 'i', long = "incident-key", visible_alias = "dedup-key", value_name = "KEY")]
+    #[arg(
+        short = 'i',
+        long = "incident-key",
+        visible_alias = "dedup-key",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub dedup_key: Option<String>,
     /// Events API version.
     #[arg(long, value_enum, default_value = "v2")]

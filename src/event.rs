@@ -527,11 +527,72 @@ pub(crate) fn routing_key_or_default(
     }
 }
 
-/// Checks a timestamp is an ISO 8601 date-time as PagerDuty parses it (RFC 3339).
-pub(crate) fn check_timestamp(value: &str, field: &str) -> Result<(), EventError> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map(|_| ()).map_err(|_| {
-        EventError::new(field, format!("must be an ISO 8601 date-time such as 2026-11-29T16:55:00Z (got {value:?})"))
-    })
+/// Reads a timestamp in one of the ISO 8601 date-time forms PagerDuty documents and its client
+/// libraries write, and returns it in the one form pdrelay sends: RFC 3339 in UTC with an upper-case
+/// `T` and `Z`, and the fraction of a second only when there is one
+/// (`2015-07-17T08:42:58.315Z`).
+///
+/// Accepted: `YYYY-MM-DD`, then `T`, `t` or a space, then `hh:mm:ss` with an optional fraction
+/// (`.` and 1 to 9 digits), then an optional offset: `Z`, `z`, `+hh:mm`, `+hhmm` (PagerDuty's own
+/// example, `2015-07-17T08:42:58.315+0000`, and what Python's `%z` writes) or `+hh` (or `-`). A
+/// time without an offset (what Python's `isoformat()` writes for a naive datetime) is read as
+/// UTC. Errors: anything else, or an impossible date or time, refused naming `field`.
+pub fn normalize_timestamp(value: &str, field: &str) -> Result<String, EventError> {
+    let refuse = || {
+        EventError::new(
+            field,
+            format!(
+                "must be an ISO 8601 date-time with seconds, such as 2026-11-29T16:55:00Z or \
+                 2015-07-17T08:42:58.315+0000 (got {:?})",
+                value.chars().take(64).collect::<String>()
+            ),
+        )
+    };
+    let bytes = value.as_bytes();
+    if value.len() < 19 || !value.is_ascii() || !matches!(bytes[10], b'T' | b't' | b' ') {
+        return Err(refuse());
+    }
+    let (date, rest) = (&value[..10], &value[11..]);
+    // The time runs to the first character that is not a digit, ':' or '.'; the offset follows.
+    let split = rest.find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.')).unwrap_or(rest.len());
+    let (clock, offset) = rest.split_at(split);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let offset = match offset {
+        "" | "Z" | "z" => "Z".to_owned(),
+        o if o.len() == 6 && o.as_bytes()[3] == b':' => o.to_owned(),
+        o if o.len() == 5 && digits(&o[1..]) => format!("{}:{}", &o[..3], &o[3..]),
+        o if o.len() == 3 && digits(&o[1..]) => format!("{o}:00"),
+        _ => return Err(refuse()),
+    };
+    if !offset.starts_with(['Z', '+', '-'])
+        || clock.len() < 8
+        || clock.as_bytes()[8..].first().is_some_and(|&b| b != b'.')
+    {
+        return Err(refuse());
+    }
+    let rfc3339 = format!("{date}T{clock}{offset}");
+    let parsed =
+        time::OffsetDateTime::parse(&rfc3339, &time::format_description::well_known::Rfc3339).map_err(|_| refuse())?;
+    parsed.to_offset(time::UtcOffset::UTC).format(&time::format_description::well_known::Rfc3339).map_err(|_| refuse())
+}
+
+/// Key under which a `custom_details` (v2) or `details` (v1) that is not a JSON object is kept.
+pub const WRAPPED_DETAILS_KEY: &str = "details";
+
+/// Makes `custom_details` (v2) or `details` (v1) what PagerDuty's schema allows, a JSON object:
+/// `null` is left out, an object is kept as it is, and any other value (a string, a number, an
+/// array, a boolean) is kept under [`WRAPPED_DETAILS_KEY`] in a new object (`"disk full"`
+/// becomes `{"details": "disk full"}`).
+pub fn details_object(details: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    match details {
+        None | Some(serde_json::Value::Null) => None,
+        Some(object @ serde_json::Value::Object(_)) => Some(object),
+        Some(other) => {
+            let mut map = serde_json::Map::new();
+            map.insert(WRAPPED_DETAILS_KEY.to_owned(), other);
+            Some(serde_json::Value::Object(map))
+        }
+    }
 }
 
 /// Records a severity word that had to be mapped in the details object, keeping the rest.
@@ -558,6 +619,88 @@ pub(crate) fn keep_original_severity(details: &mut Option<serde_json::Value>, or
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_in_pagerdutys_forms_are_sent_in_one_form() {
+        for (given, sent) in [
+            ("2015-07-17T08:42:58.315+0000", "2015-07-17T08:42:58.315Z"),
+            ("2026-12-01t10:00:00z", "2026-12-01T10:00:00Z"),
+            ("2026-11-29T16:55:00Z", "2026-11-29T16:55:00Z"),
+            ("2026-11-29T18:55:00+02:00", "2026-11-29T16:55:00Z"),
+            ("2026-11-29T12:55:00-04", "2026-11-29T16:55:00Z"),
+            ("2026-11-29 16:55:00.5+00:00", "2026-11-29T16:55:00.5Z"),
+            ("2026-11-29T16:55:00.123456", "2026-11-29T16:55:00.123456Z"),
+            ("2026-11-30T01:25:00+0830", "2026-11-29T16:55:00Z"),
+        ] {
+            assert_eq!(normalize_timestamp(given, "payload.timestamp").as_deref(), Ok(sent), "{given}");
+        }
+        for bad in [
+            "yesterday",
+            "2026-11-29",
+            "2026-11-29T16:55Z",
+            "2026-11-29T16:55:00 Z",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-29T16:55:00+2",
+            "2026-11-29T16:55:00+02:0",
+            "2026-11-29T16:55:00UTC",
+            "1479916549",
+            "2026-11-29T16:55:00.Z",
+            "2026/11/29T16:55:00Z",
+            "２026-11-29T16:55:00Z",
+        ] {
+            let e = normalize_timestamp(bad, "payload.timestamp").unwrap_err();
+            assert_eq!(e.field, "payload.timestamp", "{bad}");
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn details_outside_the_schema_are_made_objects() {
+        use serde_json::json;
+        assert_eq!(details_object(Some(json!("disk full"))), Some(json!({"details": "disk full"})));
+        assert_eq!(details_object(Some(json!(3))), Some(json!({"details": 3})));
+        assert_eq!(details_object(Some(json!([1, 2]))), Some(json!({"details": [1, 2]})));
+        assert_eq!(details_object(Some(json!({"a": 1}))), Some(json!({"a": 1})));
+        assert_eq!(details_object(Some(json!(null))), None);
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
+        let key = "a".repeat(32);
+        let body = |text: String| -> serde_json::Value {
+            serde_json::from_slice(&Event::from_json(text.as_bytes(), &d).unwrap().request_body()).unwrap()
+        };
+        let v2 = body(format!(
+            r#"{{"routing_key":"{key}","event_action":"trigger","payload":{{"summary":"s","custom_details":"text"}}}}"#
+        ));
+        assert_eq!(v2["payload"]["custom_details"], json!({"details": "text"}));
+        let v1 = body(format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","details":[1]}}"#));
+        assert_eq!(v1["details"], json!({"details": [1]}));
+        let change = body(format!(
+            r#"{{"routing_key":"{key}","payload":{{"summary":"s","custom_details":7}},"images":[{{"src":"https://i/x.png","alt":"a"}}]}}"#
+        ));
+        assert_eq!(change["payload"]["custom_details"], json!({"details": 7}));
+        assert_eq!(change["images"], json!([{"src": "https://i/x.png", "alt": "a"}]));
+    }
+
+    #[test]
+    fn v1_contexts_follow_the_schema() {
+        let d = IntakeDefaults { routing_key: None, source: "h".into(), severity: Severity::Error };
+        let key = "a".repeat(32);
+        let event = |contexts: &str| {
+            let text =
+                format!(r#"{{"service_key":"{key}","event_type":"trigger","description":"d","contexts":{contexts}}}"#);
+            Event::from_json(text.as_bytes(), &d)
+        };
+        assert!(event(r#"[{"type":"link","href":"https://a"},{"type":"image","src":"https://i","text":"t"}]"#).is_ok());
+        for (contexts, field) in [
+            (r#"[{"href":"https://a"}]"#, "contexts[0].type"),
+            (r#"[{"type":"graph","href":"https://a"}]"#, "contexts[0].type"),
+            (r#"[{"type":"link","href":"https://a"},{"type":"link"}]"#, "contexts[1].href"),
+            (r#"[{"type":"image","src":""}]"#, "contexts[0].src"),
+            (r#"["https://a"]"#, "contexts[0]"),
+        ] {
+            assert_eq!(event(contexts).unwrap_err().field, field, "{contexts}");
+        }
+    }
 
     #[test]
     fn truncation_never_splits_a_character() {

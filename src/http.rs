@@ -10,6 +10,7 @@
 //! | `POST /v2/enqueue` (v2 alert event) | 202 `{"status":"success","message":"Event processed","dedup_key":...}` |
 //! | `POST /v2/change/enqueue` (v2 change event) | 202 `{"status":"success","message":"Change event processed"}` |
 //! | `POST /generic/2010-04-15/create_event.json` (v1) | 200 `{"status":"success","message":"Event processed","incident_key":...}` |
+//! | `POST /integration/<key>/enqueue`, `POST /x-ere/<key>` (v2 alert event; the routing key from the path) | as `/v2/enqueue` |
 //! | `GET /health` | 200 `{"status":"ok","pending":N,"last_success":...,"last_error":...}` |
 //!
 //! A success is answered only once the event's group commit is fsynced; the dedup key returned
@@ -508,23 +509,43 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 
 /// The endpoint a path names.
 enum Route {
-    Events(EventKind),
+    /// An event endpoint; for the integration URLs, the routing key the path carries.
+    Events(EventKind, Option<PathKey>),
     Health,
+}
+
+/// The routing key in an integration URL's path, and which URL it was.
+struct PathKey {
+    key: String,
+    /// `/x-ere/<key>` (PagerDuty's event-rules URL) rather than `/integration/<key>/enqueue`.
+    ere: bool,
+}
+
+/// The single path segment after `prefix` (and before `suffix`), if the path is that shape.
+fn key_segment<'a>(path: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)?.strip_suffix(suffix).filter(|k| !k.is_empty() && !k.contains('/'))
 }
 
 fn route(path: &str) -> Option<Route> {
     match path {
-        "/v2/enqueue" => Some(Route::Events(EventKind::Alert)),
-        "/v2/change/enqueue" => Some(Route::Events(EventKind::Change)),
-        "/generic/2010-04-15/create_event.json" => Some(Route::Events(EventKind::V1)),
+        "/v2/enqueue" => Some(Route::Events(EventKind::Alert, None)),
+        "/v2/change/enqueue" => Some(Route::Events(EventKind::Change, None)),
+        "/generic/2010-04-15/create_event.json" => Some(Route::Events(EventKind::V1, None)),
         "/health" => Some(Route::Health),
-        _ => None,
+        _ => {
+            let keyed = |key: &str, ere| Route::Events(EventKind::Alert, Some(PathKey { key: key.to_owned(), ere }));
+            if let Some(key) = key_segment(path, "/integration/", "/enqueue") {
+                Some(keyed(key, false))
+            } else {
+                key_segment(path, "/x-ere/", "").map(|key| keyed(key, true))
+            }
+        }
     }
 }
 
 async fn handle(request: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     match (route(request.uri().path()), request.method()) {
-        (Some(Route::Events(kind)), &Method::POST) => enqueue(request, kind, ctx).await,
+        (Some(Route::Events(kind, key)), &Method::POST) => enqueue(request, kind, key, ctx).await,
         (Some(Route::Health), &Method::GET | &Method::HEAD) => health(ctx),
         (Some(route), _) => {
             let allow = if matches!(route, Route::Health) { "GET, HEAD" } else { "POST" };
@@ -537,8 +558,8 @@ async fn handle(request: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         }
         (None, _) => reply(
             StatusCode::NOT_FOUND,
-            json!({"status": "error", "message": "not found: POST /v2/enqueue, /v2/change/enqueue or \
-                   /generic/2010-04-15/create_event.json; GET /health"}),
+            json!({"status": "error", "message": "not found: POST /v2/enqueue, /v2/change/enqueue, \
+                   /generic/2010-04-15/create_event.json, /integration/<key>/enqueue or /x-ere/<key>; GET /health"}),
         ),
     }
 }
@@ -667,7 +688,38 @@ fn wrong_endpoint(want: EventKind, got: EventKind) -> String {
 /// Validates an event posted to the endpoint of `kind`: a JSON object of that kind that
 /// PagerDuty would accept, normalized as every intake does.
 pub fn parse_for(body: &[u8], kind: EventKind, defaults: &IntakeDefaults) -> Result<Event, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("event: is not valid JSON ({e})"))?;
+    parse_keyed(body, kind, None, defaults)
+}
+
+/// [`parse_for`] for an integration URL (`/integration/<key>/enqueue`, `/x-ere/<key>`): the
+/// path's key is the routing key (an event that names another one is refused), and `/x-ere/`
+/// takes only Events API v2 alert events: pdrelay cannot run PagerDuty's event rules on other
+/// JSON.
+fn parse_keyed(
+    body: &[u8],
+    kind: EventKind,
+    path_key: Option<&PathKey>,
+    defaults: &IntakeDefaults,
+) -> Result<Event, String> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| format!("event: is not valid JSON ({e})"))?;
+    if let Some(PathKey { key, ere }) = path_key {
+        if *ere && crate::event::shape_of(&value).ok().flatten() != Some(EventKind::Alert) {
+            return Err("event: /x-ere/<key> takes Events API v2 alert events here (routing_key, event_action, \
+                        payload): pdrelay cannot apply PagerDuty's event rules to other JSON"
+                .to_owned());
+        }
+        if let Some(object) = value.as_object_mut() {
+            match object.get("routing_key") {
+                None | Some(Value::Null) => {
+                    object.insert("routing_key".to_owned(), Value::String(key.clone()));
+                }
+                Some(Value::String(given)) if given == key || given.is_empty() => {
+                    object.insert("routing_key".to_owned(), Value::String(key.clone()));
+                }
+                Some(_) => return Err("routing_key: must be the integration key in the URL, or left out".to_owned()),
+            }
+        }
+    }
     if let Some(shape) = crate::event::shape_of(&value).map_err(|e| e.to_string())? {
         if shape != kind {
             return Err(wrong_endpoint(kind, shape));
@@ -680,7 +732,12 @@ pub fn parse_for(body: &[u8], kind: EventKind, defaults: &IntakeDefaults) -> Res
     Ok(event)
 }
 
-async fn enqueue(request: Request<Incoming>, kind: EventKind, ctx: &Context) -> Response<Full<Bytes>> {
+async fn enqueue(
+    request: Request<Incoming>,
+    kind: EventKind,
+    path_key: Option<PathKey>,
+    ctx: &Context,
+) -> Response<Full<Bytes>> {
     let body = match read_body(request, ctx.request_timeout).await {
         Body::Whole(body) => body,
         Body::TooLarge => return too_large(),
@@ -697,7 +754,7 @@ async fn enqueue(request: Request<Incoming>, kind: EventKind, ctx: &Context) -> 
             ))
         }
     };
-    let event = match parse_for(&body, kind, &ctx.live.get().defaults) {
+    let event = match parse_keyed(&body, kind, path_key.as_ref(), &ctx.live.get().defaults) {
         Ok(event) => event,
         Err(error) => {
             debug!(endpoint = kind.endpoint_path(), %error, "http event refused");

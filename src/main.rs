@@ -279,7 +279,7 @@ fn run_nagios(config: &Config, args: &NagiosArgs, output: Output) -> ExitCode {
         dedup_key: args.dedup_key.clone(),
         macros,
     });
-    let mapped = notification.and_then(|n| nagios::map(&n, &config.nagios, &config.defaults));
+    let mapped = notification.and_then(|n| nagios::map_api(&n, args.api, &config.nagios, &config.defaults));
     let event = match mapped {
         Ok(nagios::Mapped::Event(event)) => event,
         Ok(nagios::Mapped::Ignored(message)) => {

@@ -50,11 +50,10 @@ pub struct Sent {
     pub handed: Handed,
 }
 
+/// Splits `KEY=VALUE` at the first `=`, as pd-send did: an empty key (`=v`) or value (`k=`) is
+/// kept.
 fn split_pair<'a>(value: &'a str, flag: &str) -> Result<(&'a str, &'a str), EventError> {
-    match value.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => Err(EventError::new(flag, format!("must be KEY=VALUE (got {value:?})"))),
-    }
+    value.split_once('=').ok_or_else(|| EventError::new(flag, format!("must be KEY=VALUE (got {value:?})")))
 }
 
 /// Builds the event JSON from the flags, in the shape `--api` and `--change` select.
@@ -94,6 +93,9 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
         obj.insert("payload".into(), Value::Object(payload));
         if !links.is_empty() {
             obj.insert("links".into(), Value::Array(links));
+        }
+        if !args.images.is_empty() {
+            obj.insert("images".into(), Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()));
         }
         return Ok(Value::Object(obj));
     }
@@ -303,9 +305,30 @@ mod tests {
         assert_eq!(v["incident_key"], "x");
         assert_eq!(v["contexts"][0]["href"], "https://a/b?c=d");
         assert_eq!(v["contexts"][1]["text"], "F");
-        let v = event_json(&args(&["--change", "-k", &k, "-d", "deployed v2"])).unwrap();
+        let v = event_json(&args(&["--change", "-k", &k, "-d", "deployed v2", "--image", "https://i/g.png"])).unwrap();
         assert!(v.get("event_action").is_none());
         assert_eq!(v["payload"]["summary"], "deployed v2");
+        assert_eq!(v["images"], json!([{"src": "https://i/g.png"}]));
+        // pd-send's argparse habits: the last of a repeated flag, abbreviations, dash-led values,
+        // an empty field name.
+        let v = event_json(&args(&[
+            "--serv",
+            &k,
+            "-t",
+            "trigger",
+            "--desc",
+            "first",
+            "-d",
+            "- disk full",
+            "--inc",
+            "-abc def",
+            "-f",
+            "=v",
+        ]))
+        .unwrap();
+        assert_eq!(v["payload"]["summary"], "- disk full");
+        assert_eq!(v["dedup_key"], "-abc def");
+        assert_eq!(v["payload"]["custom_details"], json!({"": "v"}));
         assert_eq!(event_json(&args(&["-k", &k, "-d", "x"])).unwrap_err().field, "--event-type");
         assert_eq!(event_json(&args(&["-k", &k, "-t", "trigger", "-f", "novalue"])).unwrap_err().field, "--field");
         assert_eq!(

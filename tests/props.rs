@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use pdrelay::event::{
-    fit_dedup_key, truncate_chars, Event, EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
-    MAX_DEDUP_KEY_CHARS, MAX_REQUEST_BYTES, MAX_SUMMARY_CHARS, ROUTING_KEY_CHARS,
+    fit_dedup_key, normalize_timestamp, truncate_chars, Event, EventAction, EventError, IntakeDefaults, RoutingKey,
+    Severity, MAX_DEDUP_KEY_CHARS, MAX_REQUEST_BYTES, MAX_SUMMARY_CHARS, ROUTING_KEY_CHARS,
 };
 use pdrelay::intake::nagios::{
     macros_from_env, macros_from_fields, map, parse_pl_spool_file, pd_nagios_dedup_key, Mapped, NagiosObject,
@@ -1111,7 +1111,8 @@ proptest! {
         ],
         0..8,
     )) {
-        let well_formed = fields.iter().all(|f| f.split_once('=').is_some_and(|(k, _)| !k.is_empty()));
+        // As pd-nagios: every field has an '='; an empty name or value is kept.
+        let well_formed = fields.iter().all(|f| f.contains('='));
         match macros_from_fields(&fields) {
             Ok(m) => {
                 prop_assert!(well_formed, "accepted {:?}", fields);
@@ -1235,6 +1236,56 @@ proptest! {
             let back = Record::decode(&r.encode())
                 .map_err(|e| TestCaseError::fail(format!("depth {depth}: stored record unreadable: {e}")))?;
             prop_assert_eq!(back, r);
+        }
+    }
+}
+
+proptest! {
+    /// Any instant, written in any of the accepted forms, is sent as the same instant in the one
+    /// normal form (RFC 3339, UTC, `Z`), and normalizing that changes nothing.
+    #[test]
+    fn timestamps_in_every_accepted_form_name_the_same_instant(
+        secs in 0i64..253_402_300_000,
+        nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000],
+        offset_min in -23i32 * 60..=23 * 60,
+        form in 0usize..6,
+        lower in any::<bool>(),
+    ) {
+        use time::format_description::well_known::Rfc3339;
+        let utc = time::OffsetDateTime::from_unix_timestamp(secs).unwrap().replace_nanosecond(nanos).unwrap();
+        let offset = time::UtcOffset::from_whole_seconds(offset_min * 60).unwrap();
+        let local = utc.to_offset(offset);
+        prop_assume!((1..=9999).contains(&local.year()));
+        let (h, m) = (offset_min.abs() / 60, offset_min.abs() % 60);
+        let sign = if offset_min < 0 { '-' } else { '+' };
+        let clock = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}",
+            local.year(), u8::from(local.month()), local.day(), local.hour(), local.minute(), local.second(), nanos
+        );
+        let written = match form {
+            0 => format!("{clock}{sign}{h:02}:{m:02}"),
+            1 => format!("{clock}{sign}{h:02}{m:02}"),
+            2 if m == 0 => format!("{clock}{sign}{h:02}"),
+            _ if offset_min == 0 && form == 3 => format!("{clock}Z"),
+            _ if offset_min == 0 && form == 4 => clock.clone(),
+            _ => format!("{}{sign}{h:02}:{m:02}", clock.replacen('T', " ", 1)),
+        };
+        let written = if lower { written.to_lowercase() } else { written };
+        let sent = normalize_timestamp(&written, "payload.timestamp").map_err(|e| TestCaseError::fail(format!("{written}: {e}")))?;
+        prop_assert!(sent.ends_with('Z') && sent.contains('T'), "{}", sent);
+        prop_assert_eq!(time::OffsetDateTime::parse(&sent, &Rfc3339).unwrap(), utc, "{} -> {}", written, sent);
+        prop_assert_eq!(normalize_timestamp(&sent, "payload.timestamp").unwrap(), sent);
+    }
+
+    /// Arbitrary text: a normal-form timestamp or a one-line refusal naming the field.
+    #[test]
+    fn timestamps_from_arbitrary_text(text in "(?s).{0,40}|[0-9T:.+zZ -]{0,35}") {
+        match normalize_timestamp(&text, "payload.timestamp") {
+            Ok(sent) => prop_assert!(time::OffsetDateTime::parse(&sent, &time::format_description::well_known::Rfc3339).is_ok()),
+            Err(e) => {
+                check_error(&e)?;
+                prop_assert_eq!(e.field, "payload.timestamp");
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::cli::ApiVersion;
 use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
 
 /// What a notification is about (pd-nagios's `-n`, pagerduty_nagios.pl's `pd_nagios_object`).
@@ -168,10 +169,9 @@ pub fn macros_from_env(vars: impl IntoIterator<Item = (String, String)>) -> BTre
 pub fn macros_from_fields(fields: &[String]) -> Result<BTreeMap<String, String>, EventError> {
     let mut m = BTreeMap::new();
     for f in fields {
-        let (k, v) = f
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| EventError::new("--field", format!("must be MACRO=VALUE (got {f:?})")))?;
+        // As pd-nagios: split at the first '='; an empty name or value is kept.
+        let (k, v) =
+            f.split_once('=').ok_or_else(|| EventError::new("--field", format!("must be MACRO=VALUE (got {f:?})")))?;
         let k = k.strip_prefix("NAGIOS_").or_else(|| k.strip_prefix("ICINGA_")).unwrap_or(k);
         m.insert(k.to_owned(), v.to_owned());
     }
@@ -205,11 +205,11 @@ pub fn parse_pl_spool_file(bytes: &[u8]) -> Result<Notification, String> {
     })
 }
 
+/// A macro that must be given; as in pd-nagios, given empty (`-f HOSTNAME=`) is given.
 fn required<'a>(macros: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, EventError> {
     macros
         .get(name)
         .map(String::as_str)
-        .filter(|v| !v.is_empty())
         .ok_or_else(|| EventError::new(name, "macro is required (pass -f NAME=$NAME$ or enable environment macros)"))
 }
 
@@ -229,6 +229,21 @@ pub fn pd_nagios_dedup_key(object: NagiosObject, macros: &BTreeMap<String, Strin
 /// Errors: a missing required macro (HOSTNAME, HOSTSTATE for hosts; HOSTNAME, SERVICEDESC,
 /// SERVICESTATE for services), a missing object, a bad routing key.
 pub fn map(n: &Notification, settings: &NagiosSettings, defaults: &IntakeDefaults) -> Result<Mapped, EventError> {
+    map_api(n, ApiVersion::V2, settings, defaults)
+}
+
+/// [`map`], in the shape `api` selects: v2 as [`map`] describes; v1 is the event pd-nagios
+/// queued: `event_type` from the notification type, pd-nagios's incident key, its description
+/// (`HOSTNAME=<h>; HOSTSTATE=<s>` for a host, `SERVICEDESC=<d>; SERVICESTATE=<s>; HOSTNAME=<h>`
+/// for a service) and details (every macro given, and `pd_nagios_object`).
+///
+/// Errors: as [`map`].
+pub fn map_api(
+    n: &Notification,
+    api: ApiVersion,
+    settings: &NagiosSettings,
+    defaults: &IntakeDefaults,
+) -> Result<Mapped, EventError> {
     let object = n.object.ok_or_else(|| EventError::new("--notify-type", "must be host or service"))?;
     let macros = &n.macros;
     let host = required(macros, "HOSTNAME")?;
@@ -262,6 +277,27 @@ pub fn map(n: &Notification, settings: &NagiosSettings, defaults: &IntakeDefault
         Some(k) if !k.is_empty() => k.clone(),
         _ => pd_nagios_dedup_key(object, macros)?,
     };
+    if api == ApiVersion::V1 {
+        let description = match object {
+            NagiosObject::Host => format!("HOSTNAME={host}; HOSTSTATE={state}"),
+            NagiosObject::Service => {
+                format!("SERVICEDESC={}; SERVICESTATE={state}; HOSTNAME={host}", macros["SERVICEDESC"])
+            }
+        };
+        let mut details: Map<String, Value> =
+            macros.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        details.insert("pd_nagios_object".to_owned(), json!(object.as_str()));
+        let mut event = json!({
+            "event_type": action.as_str(),
+            "incident_key": dedup_key,
+            "description": description,
+            "details": details,
+        });
+        if let Some(key) = &n.routing_key {
+            event["service_key"] = json!(key);
+        }
+        return Event::from_value(event, defaults).map(Mapped::Event);
+    }
     let subject = match object {
         NagiosObject::Host => host.to_owned(),
         NagiosObject::Service => format!("{host}/{}", macros["SERVICEDESC"]),

@@ -10,8 +10,8 @@
 //! | what | how |
 //! | --- | --- |
 //! | event action | `action`: `create` -> trigger, `resolve` -> resolve, anything else (`flapping`) -> trigger, as pd-sensu; with no `action` (Sensu Go): `check.status` 0 -> resolve, else trigger |
-//! | dedup key | `-i` when given, else pd-sensu's `<client name>/<check name>`, else the event's `id` |
-//! | summary | pd-sensu's description, `<dedup key> : <check output>` (output trimmed) |
+//! | dedup key | `-i` when given, else pd-sensu's `<client.name>/<check.name>` when the event has `client`, else the event's `id` (`null` written `None`, a number its digits, as pd-sensu's Python wrote them); an event without `action` (Sensu Go): `<entity name>/<check name>`, else `id` |
+//! | summary | pd-sensu's description, `<dedup key> : <check output>` (output trimmed; `null` is `None`) |
 //! | severity | `check.status`: 0 info, 1 warning, 2 critical, 3 (unknown) and any other code error |
 //! | source, component, class | client name; check name; `sensu check` |
 //! | client | `Sensu` |
@@ -59,17 +59,49 @@ pub fn action(v: &Value) -> Result<EventAction, EventError> {
     }
 }
 
-/// pd-sensu's incident key: `-i`, else `<client name>/<check name>`, else `id`.
+/// A JSON scalar as pd-sensu's Python formatted it into keys and descriptions (`str()`): text as
+/// it is, `null` as `None`, booleans as `True`/`False`, numbers in decimal. Arrays and objects
+/// are refused (`field` names them).
+fn python_str(v: &Value, field: &str) -> Result<String, EventError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok("None".to_owned()),
+        Value::Bool(true) => Ok("True".to_owned()),
+        Value::Bool(false) => Ok("False".to_owned()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(EventError::new(field, "must be a string, a number or null")),
+    }
+}
+
+/// pd-sensu's incident key: `-i`, else, for an event with `action` (what pd-sensu read), the
+/// client's and check's names `<client.name>/<check.name>` when the event has `client`, else its
+/// `id`, each formatted as pd-sensu did (`null` is `None`, a number its digits); for an event
+/// without `action` (Sensu Go, which pd-sensu could not read), `<client or entity name>/<check
+/// name>`, else `id`.
 pub fn dedup_key(v: &Value, given: Option<&str>) -> Result<String, EventError> {
     if let Some(key) = given.filter(|k| !k.is_empty()) {
         return Ok(key.to_owned());
     }
+    if v.get("action").is_some() {
+        let client = v.get("client").and_then(|c| c.get("name"));
+        let check = v.get("check").and_then(|c| c.get("name"));
+        if let (Some(client), Some(check)) = (client, check) {
+            return Ok(format!("{}/{}", python_str(client, "client.name")?, python_str(check, "check.name")?));
+        }
+        if let Some(id) = v.get("id").filter(|id| !id.is_null()) {
+            return python_str(id, "id");
+        }
+    }
     if let (Some(client), Some(check)) = (client_name(v), check_name(v)) {
         return Ok(format!("{client}/{check}"));
     }
-    str_at(v, &["id"]).map(str::to_owned).ok_or_else(|| {
-        EventError::new("client.name", "and check.name (or id, or -i DEDUP_KEY) are required for the dedup key")
-    })
+    match v.get("id").filter(|id| !id.is_null()) {
+        Some(id) => python_str(id, "id"),
+        None => Err(EventError::new(
+            "client.name",
+            "and check.name (or id, or -i DEDUP_KEY) are required for the dedup key",
+        )),
+    }
 }
 
 /// Maps one check result (the JSON pd-sensu read on standard input) to an event.
@@ -85,7 +117,11 @@ pub fn map(
     }
     let action = action(&result)?;
     let dedup_key = dedup_key(&result, given_dedup_key)?;
-    let output = str_at(&result, &["check", "output"]).map(str::trim).unwrap_or("");
+    let output = match result.get("check").and_then(|c| c.get("output")) {
+        Some(o) => python_str(o, "check.output")?,
+        None => String::new(),
+    };
+    let output = output.trim();
     let summary = if output.is_empty() { dedup_key.clone() } else { format!("{dedup_key} : {output}") };
     let status = result.get("check").and_then(|c| c.get("status")).and_then(Value::as_i64);
     let source = client_name(&result).map(str::to_owned);

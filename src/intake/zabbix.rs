@@ -21,14 +21,10 @@
 //! Zabbix itself may append `NOTE: Escalation cancelled: ...` when an action, trigger or host is
 //! disabled while a problem is open.
 //!
-//! Parsing (pd-zabbix's, made tolerant): each line is trimmed and split at its first `:`; the value
-//! is kept as it is after the colon, so keys built from it are byte for byte pd-zabbix's. A line
-//! starts a new field when the text before its first `:` is one of the names above, or any other
-//! field-like name (letters, digits, `_`, `.`, `-`; pd-zabbix put every such line into the details,
-//! so sites that added their own lines keep them). Any other line (no colon, a space or other
-//! character before the colon, or a value starting with `//` as in a URL) continues the previous
-//! field's value, joined with a newline: a multi-line `{ITEM.VALUE}` or NOTE stays in one field
-//! (pd-zabbix crashed on such a line). Blank lines are skipped.
+//! Parsing: pd-zabbix's, see [`parse_body`]. A line without a colon (a wrapped `{ITEM.VALUE}`)
+//! is glued onto the previous value with no separator, and a line such as `Trigger URL:...` or
+//! `https://...` is a field of its own (`Trigger URL`, `https`), exactly as pd-zabbix made them, so
+//! that the dedup key, summary and source stay pd-zabbix's.
 //!
 //! Mapping:
 //!
@@ -47,10 +43,6 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::ApiVersion;
 use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
-
-/// The field names PagerDuty's Zabbix guide and pd-zabbix know.
-pub const KNOWN_FIELDS: &[&str] =
-    &["name", "id", "status", "hostname", "ip", "value", "event_id", "severity", "url", "incident_key", "NOTE"];
 
 /// Zabbix trigger severities (`{TRIGGER.SEVERITY}`, in Zabbix's English names) and the PagerDuty
 /// severity each becomes.
@@ -77,18 +69,18 @@ pub struct Alert {
     pub body: String,
 }
 
-/// Parses BODY into (name, value) pairs in order of first appearance; a repeated name keeps its
-/// last value. See the module docs for the rules.
+/// Parses BODY into (name, value) pairs in order of first appearance, as pd-zabbix did, so that
+/// every key built from them is byte for byte pd-zabbix's: BODY is trimmed and split into lines
+/// at `\n`; each line is trimmed; a line with a `:` is split at its first one into a name and a
+/// value (a repeated name keeps its last value); a line without a `:` is appended to the previous
+/// field's value with no separator (a blank line adds nothing), or, before any field, becomes a
+/// field named and valued by its own text.
 pub fn parse_body(body: &str) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
     let mut current: Option<usize> = None;
-    for raw in body.lines() {
+    for raw in body.trim().split('\n') {
         let line = raw.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let split = line.split_once(':').filter(|(name, value)| starts_field(name, value));
-        match (split, current) {
+        match (line.split_once(':'), current) {
             (Some((name, value)), _) => {
                 let index = match fields.iter().position(|(n, _)| n == name) {
                     Some(i) => {
@@ -102,11 +94,8 @@ pub fn parse_body(body: &str) -> Vec<(String, String)> {
                 };
                 current = Some(index);
             }
-            (None, Some(i)) => {
-                fields[i].1.push('\n');
-                fields[i].1.push_str(line);
-            }
-            // A first line that is no field at all: kept under its own text, as go-pdagent does.
+            (None, Some(i)) => fields[i].1.push_str(line),
+            (None, None) if line.is_empty() => {}
             (None, None) => {
                 fields.push((line.to_owned(), line.to_owned()));
                 current = Some(fields.len() - 1);
@@ -114,16 +103,6 @@ pub fn parse_body(body: &str) -> Vec<(String, String)> {
         }
     }
     fields
-}
-
-fn starts_field(name: &str, value: &str) -> bool {
-    if KNOWN_FIELDS.contains(&name) {
-        return true;
-    }
-    let field_like = !name.is_empty()
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    field_like && !value.starts_with("//")
 }
 
 /// The PagerDuty severity for a Zabbix severity name: [`SEVERITY_TABLE`] (any case), then the
@@ -166,8 +145,9 @@ pub fn event_action(subject: &str, status: Option<&str>) -> Result<EventAction, 
 
 /// pd-zabbix's incident key: `incident_key` when given, else `<id>-<hostname>`.
 pub fn dedup_key(fields: &Map<String, Value>) -> Result<String, EventError> {
-    let get = |name: &str| fields.get(name).and_then(Value::as_str).filter(|v| !v.trim().is_empty());
-    if let Some(key) = get("incident_key") {
+    // As pd-zabbix: a non-empty incident_key wins; id and hostname need only be present.
+    let get = |name: &str| fields.get(name).and_then(Value::as_str);
+    if let Some(key) = get("incident_key").filter(|k| !k.is_empty()) {
         return Ok(key.to_owned());
     }
     let missing = |name: &str| {
@@ -399,17 +379,18 @@ mod tests {
     fn body_lines_and_continuations() {
         let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
             ("name:a\nid:1", vec![("name", "a"), ("id", "1")]),
-            // Lines are trimmed; Windows line ends; blank lines skipped.
+            // Lines are trimmed; Windows line ends; blank lines add nothing.
             ("  name:a  \r\n\r\nid:1\r\n", vec![("name", "a"), ("id", "1")]),
             // Only the first colon splits.
             ("name:Zabbix server: just restarted", vec![("name", "Zabbix server: just restarted")]),
-            // A line without a field name continues the previous value.
-            ("value:line one\nline two\nid:1", vec![("value", "line one\nline two"), ("id", "1")]),
+            // A line without a colon is glued onto the previous value, with no separator.
+            ("value:line one\nline two\nid:1", vec![("value", "line oneline two"), ("id", "1")]),
+            ("NOTE: Escalation cancelled\nby user Admin", vec![("NOTE", " Escalation cancelledby user Admin")]),
+            // Any text before the first colon is a name: a space, a tab, a URL's scheme.
             (
-                "NOTE: Escalation cancelled\nby user Admin: yes",
-                vec![("NOTE", " Escalation cancelled\nby user Admin: yes")],
+                "id:14\nOriginal problem ID:999\nhttps://z/tr?id=1\ntab\tkey:v",
+                vec![("id", "14"), ("Original problem ID", "999"), ("https", "//z/tr?id=1"), ("tab\tkey", "v")],
             ),
-            ("url:\nhttps://zabbix/tr?id=1", vec![("url", "\nhttps://zabbix/tr?id=1")]),
             // A site's own field names stay fields, as pd-zabbix kept them.
             ("hostname:web1\nhost_group:Linux servers", vec![("hostname", "web1"), ("host_group", "Linux servers")]),
             // The last of a repeated name wins.

@@ -1,11 +1,14 @@
 //! Events API v2 change events: `POST {events_url}/v2/change/enqueue`, as in PagerDuty's
 //! events-v2 OpenAPI (`SendChangeEvent`): routing key, payload with summary, source, timestamp
-//! and custom details; links. A change event has no event action and no dedup key.
+//! and custom details; links; images. A change event has no event action and no dedup key.
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_links, Link};
-use crate::event::{check_timestamp, required_summary, routing_key_or_default, EventError, IntakeDefaults, RoutingKey};
+use super::{check_images, check_links, Image, Link};
+use crate::event::{
+    details_object, normalize_timestamp, required_summary, routing_key_or_default, EventError, IntakeDefaults,
+    RoutingKey,
+};
 
 /// A change event as sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +20,9 @@ pub struct ChangeEvent {
     /// Links for the change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// Images for the change (events-v2 OpenAPI `images`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
 }
 
 /// Payload of a change event.
@@ -43,6 +49,8 @@ pub struct ChangeInput {
     pub payload: ChangePayloadInput,
     #[serde(default)]
     pub links: Vec<Link>,
+    #[serde(default)]
+    pub images: Vec<Image>,
 }
 
 /// A change payload as a producer writes it.
@@ -60,23 +68,25 @@ pub struct ChangePayloadInput {
 
 impl ChangeEvent {
     /// Applies the intake rules: routing key (or the default), summary required and cut to
-    /// 1024 characters, timestamp checked.
+    /// 1024 characters, timestamp normalized, custom details made an object, links and images
+    /// checked.
     pub fn from_input(input: ChangeInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
         let routing_key = routing_key_or_default(input.routing_key.as_deref(), "routing_key", defaults)?;
         let summary = required_summary(input.payload.summary, "payload.summary")?;
-        if let Some(ts) = &input.payload.timestamp {
-            check_timestamp(ts, "payload.timestamp")?;
-        }
+        let timestamp =
+            input.payload.timestamp.as_deref().map(|ts| normalize_timestamp(ts, "payload.timestamp")).transpose()?;
         check_links(&input.links, "links")?;
+        check_images(&input.images)?;
         Ok(ChangeEvent {
             routing_key,
             payload: ChangePayload {
                 summary,
                 source: input.payload.source.filter(|s| !s.is_empty()),
-                timestamp: input.payload.timestamp,
-                custom_details: input.payload.custom_details,
+                timestamp,
+                custom_details: details_object(input.payload.custom_details),
             },
             links: input.links,
+            images: input.images,
         })
     }
 }

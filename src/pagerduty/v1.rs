@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    fit_dedup_key, new_dedup_key, routing_key_or_default, truncate_chars, EventAction, EventError, IntakeDefaults,
-    RoutingKey, MAX_SUMMARY_CHARS,
+    details_object, fit_dedup_key, new_dedup_key, routing_key_or_default, truncate_chars, EventAction, EventError,
+    IntakeDefaults, RoutingKey, MAX_SUMMARY_CHARS,
 };
 
 /// A v1 event as sent.
@@ -69,30 +69,44 @@ impl V1Event {
             None => return Err(EventError::new("incident_key", format!("is required for {event_type}"))),
         };
         let mut description = input.description.filter(|d| !d.is_empty());
-        match &mut description {
-            Some(d) => {
-                truncate_chars(d, MAX_SUMMARY_CHARS);
-            }
-            None if event_type == EventAction::Trigger => {
-                return Err(EventError::new("description", "is required for trigger"))
-            }
-            None => {}
+        if let Some(d) = &mut description {
+            truncate_chars(d, MAX_SUMMARY_CHARS);
+        }
+        // As pd-send and v2's summary: a trigger's description must have more than blanks.
+        if event_type == EventAction::Trigger && description.as_deref().is_none_or(|d| d.trim().is_empty()) {
+            return Err(EventError::new("description", "is required for trigger and must not be blank"));
         }
         for (i, context) in input.contexts.iter().enumerate() {
-            if !context.is_object() {
-                return Err(EventError::new(format!("contexts[{i}]"), "must be an object"));
-            }
+            check_context(context, i)?;
         }
         Ok(V1Event {
             service_key,
             event_type,
             incident_key,
             description,
-            details: input.details,
+            details: details_object(input.details),
             client: input.client.filter(|c| !c.is_empty()),
             client_url: input.client_url.filter(|c| !c.is_empty()),
             contexts: input.contexts,
         })
+    }
+}
+
+/// One v1 context as PagerDuty's events-v1 schema requires it: an object whose `type` is `link`
+/// (with a non-empty string `href`) or `image` (with a non-empty string `src`).
+fn check_context(context: &serde_json::Value, i: usize) -> Result<(), EventError> {
+    let field = |name: &str| format!("contexts[{i}]{name}");
+    if !context.is_object() {
+        return Err(EventError::new(field(""), "must be an object"));
+    }
+    let required = match context.get("type").and_then(serde_json::Value::as_str) {
+        Some("link") => "href",
+        Some("image") => "src",
+        _ => return Err(EventError::new(field(".type"), "must be link or image")),
+    };
+    match context.get(required).and_then(serde_json::Value::as_str) {
+        Some(url) if !url.is_empty() => Ok(()),
+        _ => Err(EventError::new(field(&format!(".{required}")), "is required (a non-empty string)")),
     }
 }
 

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_images, check_links, Image, Link};
 use crate::event::{
-    check_timestamp, fit_dedup_key, keep_original_severity, new_dedup_key, required_summary, routing_key_or_default,
-    EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
+    details_object, fit_dedup_key, keep_original_severity, new_dedup_key, normalize_timestamp, required_summary,
+    routing_key_or_default, EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
 };
 
 /// An alert event as sent: every rule of intake already holds.
@@ -145,7 +145,7 @@ impl AlertPayload {
     fn from_input(input: PayloadInput, defaults: &IntakeDefaults) -> Result<Self, EventError> {
         let summary = required_summary(input.summary, "payload.summary")?;
         let source = input.source.filter(|s| !s.is_empty()).unwrap_or_else(|| defaults.source.clone());
-        let mut custom_details = input.custom_details;
+        let mut custom_details = details_object(input.custom_details);
         let severity = match input.severity.as_deref() {
             None | Some("") => defaults.severity,
             Some(word) => match Severity::exact(word) {
@@ -156,14 +156,13 @@ impl AlertPayload {
                 }
             },
         };
-        if let Some(ts) = &input.timestamp {
-            check_timestamp(ts, "payload.timestamp")?;
-        }
+        let timestamp =
+            input.timestamp.as_deref().map(|ts| normalize_timestamp(ts, "payload.timestamp")).transpose()?;
         Ok(AlertPayload {
             summary,
             source,
             severity,
-            timestamp: input.timestamp,
+            timestamp,
             component: input.component.filter(|c| !c.is_empty()),
             group: input.group.filter(|c| !c.is_empty()),
             class: input.class.filter(|c| !c.is_empty()),

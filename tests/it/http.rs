@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A test-only certificate for 127.0.0.1 and localhost (self-signed, CA:FALSE, valid 2000-2100),
 /// and its key. Nothing else trusts it.
-const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+pub(crate) const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
 MIIBhTCCASygAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlsb2NhbGhv
 c3QwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
 CWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABEFwFtiA2kcxblKu
@@ -28,7 +28,7 @@ tdVzYTNr7iawx1YnsqIphRYJEC1W6zMCIGEHE9m5jqJEGJCoilrmKvCvZIioeA8Q
 NkSSdHigLTRr
 -----END CERTIFICATE-----
 ";
-const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+pub(crate) const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCTq2qCzMKMGZv6yZ
 5F31qM6fhxFtH7GcW044X/o0VeKhRANCAARBcBbYgNpHMW5Srhc0bbhd0rAFL3Bz
 3sv+BR6ma/ia/OkSClmwLoMKERMFVBKMpk3xwkbRMGsiGVJ3vVTC9ktP
@@ -36,13 +36,13 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCTq2qCzMKMGZv6yZ
 ";
 
 /// A TestEnv with the listener on 127.0.0.1, an ephemeral port; `extra` goes under `[http]`.
-fn http_env(extra: &str) -> TestEnv {
+pub(crate) fn http_env(extra: &str) -> TestEnv {
     TestEnv::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"))
 }
 
 /// The address the running daemon's listener is bound to (from `state_dir/http.addr`, which is
 /// written before the socket answers).
-fn http_addr(env: &TestEnv) -> SocketAddr {
+pub(crate) fn http_addr(env: &TestEnv) -> SocketAddr {
     let file = env.state.join("http.addr");
     let mut addr = None;
     wait_until("state_dir/http.addr", WAIT, || {
@@ -694,4 +694,75 @@ fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let got = env.fake.wait_accepted(2, WAIT);
     let keys: Vec<&str> = got.iter().map(|r| r.body["dedup_key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["first", "third"]);
+}
+
+/// PagerDuty's other ingest URLs, its own timestamp form, change-event images and payloads
+/// outside its schema, each sent or refused at intake, never acknowledged and then dropped.
+#[test]
+fn integration_urls_timestamps_images_and_schema_rules() {
+    let env = http_env("");
+    let _d = env.start();
+    let addr = http_addr(&env);
+    let rk = routing_key(21);
+
+    // The routing key from the path; the body may leave it out or repeat it.
+    let mut body = v2(&rk, "trigger", Some("int/1"), "via integration URL");
+    body.as_object_mut().unwrap().remove("routing_key");
+    let r = post(addr, &format!("/integration/{rk}/enqueue"), &body);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json(), json!({"status": "success", "message": "Event processed", "dedup_key": "int/1"}));
+    let r = post(addr, &format!("/x-ere/{rk}"), &v2(&rk, "trigger", Some("ere/1"), "via x-ere"));
+    assert_eq!(r.status, 202, "{r:?}");
+    // Another key in the body, or JSON only PagerDuty's event rules could read: 400.
+    let r = post(addr, &format!("/integration/{rk}/enqueue"), &v2(&routing_key(22), "trigger", Some("x"), "x"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["errors"][0].as_str().unwrap().starts_with("routing_key: "), "{r:?}");
+    let r = post(addr, &format!("/x-ere/{rk}"), &json!({"alert": "disk full", "host": "web1"}));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["errors"][0].as_str().unwrap().starts_with("event: /x-ere/"), "{r:?}");
+    assert_eq!(post(addr, "/integration//enqueue", &body).status, 404);
+
+    // PagerDuty's own example timestamp, and lower case: sent in one form.
+    let mut e = v2(&rk, "trigger", Some("ts/1"), "timestamped");
+    e["payload"]["timestamp"] = json!("2015-07-17T08:42:58.315+0000");
+    assert_eq!(post(addr, "/v2/enqueue", &e).status, 202);
+    let change = json!({"routing_key": rk, "payload": {"summary": "deployed", "timestamp": "2026-12-01t10:00:00z",
+        "custom_details": "build 42"},
+        "links": [{"href": "https://ci.example/42", "text": "build"}],
+        "images": [{"src": "https://ci.example/42.png", "href": "https://ci.example/42", "alt": "graph"}]});
+    assert_eq!(post(addr, "/v2/change/enqueue", &change).status, 202);
+    let mut bad = v2(&rk, "trigger", Some("ts/2"), "bad time");
+    bad["payload"]["timestamp"] = json!("17/07/2015 08:42");
+    let r = post(addr, "/v2/enqueue", &bad);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["errors"][0].as_str().unwrap().starts_with("payload.timestamp: must be an ISO 8601"));
+
+    // custom_details that is not an object, v1 details likewise; a v1 context without a type.
+    let mut e = v2(&rk, "trigger", Some("cd/1"), "string details");
+    e["payload"]["custom_details"] = json!(["a", 1]);
+    assert_eq!(post(addr, "/v2/enqueue", &e).status, 202);
+    let v1 = json!({"service_key": rk, "event_type": "trigger", "incident_key": "v1/cd", "description": "d",
+        "details": "text"});
+    assert_eq!(post(addr, "/generic/2010-04-15/create_event.json", &v1).status, 200);
+    let v1 = json!({"service_key": rk, "event_type": "trigger", "description": "d",
+        "contexts": [{"href": "https://a.example"}]});
+    let r = post(addr, "/generic/2010-04-15/create_event.json", &v1);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errors"], json!(["contexts[0].type: must be link or image"]));
+
+    let got = env.fake.wait_accepted(6, WAIT);
+    let by_key = |k: &str| got.iter().find(|r| r.body["dedup_key"] == k).unwrap_or_else(|| panic!("{k}"));
+    assert_eq!(by_key("int/1").body["routing_key"], rk.as_str());
+    assert_eq!(by_key("int/1").path, "/v2/enqueue");
+    assert_eq!(by_key("ere/1").body["routing_key"], rk.as_str());
+    assert_eq!(by_key("ts/1").body["payload"]["timestamp"], "2015-07-17T08:42:58.315Z");
+    assert_eq!(by_key("cd/1").body["payload"]["custom_details"], json!({"details": ["a", 1]}));
+    let change_got = got.iter().find(|r| r.path == "/v2/change/enqueue").unwrap();
+    assert_eq!(change_got.body["payload"]["timestamp"], "2026-12-01T10:00:00Z");
+    assert_eq!(change_got.body["payload"]["custom_details"], json!({"details": "build 42"}));
+    assert_eq!(change_got.body["images"], change["images"]);
+    assert_eq!(change_got.body["links"], change["links"]);
+    let v1_got = got.iter().find(|r| r.body["incident_key"] == "v1/cd").unwrap();
+    assert_eq!(v1_got.body["details"], json!({"details": "text"}));
+    assert_eq!(env.fake.accepted().len(), 6);
 }

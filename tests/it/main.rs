@@ -1,5 +1,6 @@
 //! Black-box tests of the `pdrelay` binary against a fake Events API on loopback.
 
+mod clients;
 mod edges;
 mod fake_api;
 mod forwarder;

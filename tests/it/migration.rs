@@ -474,3 +474,250 @@ fn import_with_the_daemon_stopped_goes_through_the_spool_and_dry_run_changes_not
     let out = env.command().args(["import-pdagent"]).arg(env.dir.path().join("nope")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The golden corpus: what pdagent's own tools did with each of its command lines
+// (shared/reference/pdagent-golden/cases.jsonl, read as its README says).
+
+const GOLDEN_CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/pdagent-golden/cases.jsonl");
+
+/// One golden case.
+struct Case {
+    name: String,
+    command: String,
+    args: Vec<String>,
+    stdin: Option<String>,
+    exit: i64,
+    stdout: String,
+    queued: Vec<Value>,
+}
+
+fn golden_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(GOLDEN_CASES).unwrap_or_else(|e| panic!("{GOLDEN_CASES}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Case {
+                name: v["name"].as_str().unwrap().to_owned(),
+                command: v["command"].as_str().unwrap().to_owned(),
+                args: v["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+                stdin: v["stdin"].as_str().map(str::to_owned),
+                exit: v["pdagent"]["exit"].as_i64().unwrap(),
+                stdout: v["pdagent"]["stdout"].as_str().unwrap().to_owned(),
+                queued: v["pdagent"]["queued"].as_array().unwrap().clone(),
+            }
+        })
+        .collect()
+}
+
+/// How pdrelay deliberately differs from pdagent on one golden case. Each names the sentence of
+/// the README's "Migrating from pdagent" that says so (the test checks the README has it).
+#[derive(Clone, Copy)]
+enum Differs {
+    /// pdagent queued the event; pdrelay refuses the command line (exit 2, nothing stored).
+    Refuses(&'static str),
+    /// pdagent failed or queued nothing; pdrelay accepts the command line and sends an event.
+    Accepts(&'static str),
+    /// pdagent queued the event; pdrelay sends it with this change, made to pdagent's event
+    /// before comparing (the incident key is compared after the change too).
+    Sends(&'static str, fn(&mut Value)),
+}
+
+/// README sentences (in "Migrating from pdagent") naming each difference.
+const README_SHORT_KEY: &str = "A service key that is not 32 letters and digits";
+const README_EVENT_TYPE: &str = "pd-zabbix queued its SUBJECT as the event type";
+const README_EMPTY_I: &str = "pd-sensu's `-i ''` queued an empty incident key";
+const README_NUMBER_KEY: &str = "a number as pd-sensu's incident key";
+const README_BETTER: &str = "Where the old tools crashed or refused";
+const README_DASH: &str = "A value that starts with a dash";
+const README_CONTEXT: &str = "pd-send 1.7.4 had no `-x`";
+const README_LOWER: &str = "notification type in lower case";
+const README_TUPLE: &str = "pd-nagios printed the incident key as a Python tuple";
+
+/// The golden cases on which pdrelay differs, with the README's reason.
+fn differs(name: &str) -> Option<Differs> {
+    Some(match name {
+        "n2-key-short" | "send-short-key" | "sen-short-key" | "zab-short-key" => Differs::Refuses(README_SHORT_KEY),
+        "zab-other-subject" => Differs::Sends(README_EVENT_TYPE, |e| e["event_type"] = json!("trigger")),
+        "zab-other-subject-ok" => Differs::Sends(README_EVENT_TYPE, |e| e["event_type"] = json!("resolve")),
+        "t3-sensu-empty-i" => Differs::Sends(README_EMPTY_I, |e| {
+            e["incident_key"] = json!("w/c");
+            e["description"] = json!("w/c : o");
+        }),
+        "se2-id-number" => Differs::Sends(README_NUMBER_KEY, |e| e["incident_key"] = json!("42")),
+        // pd-send's argparse refused a dash-led word as a value; pdrelay takes it.
+        "s2-dash-word" => Differs::Accepts(README_DASH),
+        "s2-x-link" => Differs::Accepts(README_CONTEXT),
+        "nag-lower-type" => Differs::Accepts(README_LOWER),
+        // pdagent crashed (a KeyError or ValueError) or queued nothing.
+        "sen-go" | "sen-noaction" | "sen-noaction-ok" | "zab-resolve-noname" => Differs::Accepts(README_BETTER),
+        _ => return None,
+    })
+}
+
+/// The Events API v1 event pdrelay sends for what pdagent queued, with the differences every
+/// event has: empty optional fields left out, description cut to 1024 characters, an incident
+/// key longer than 255 characters shortened, the case's own difference applied.
+fn expected_v1(case: &Case, queued: &Value) -> Value {
+    let mut v = queued.clone();
+    if let Some(Differs::Sends(_, change)) = differs(&case.name) {
+        change(&mut v);
+    }
+    let obj = v.as_object_mut().unwrap();
+    obj.retain(|k, value| match k.as_str() {
+        "client" | "client_url" => value != "",
+        "details" => value != &json!({}),
+        _ => true,
+    });
+    if let Some(Value::String(d)) = obj.get_mut("description") {
+        pdrelay::event::truncate_chars(d, pdrelay::event::MAX_SUMMARY_CHARS);
+    }
+    if let Some(Value::String(k)) = obj.get_mut("incident_key") {
+        *k = pdrelay::event::fit_dedup_key(k.clone());
+    }
+    obj.insert("service_key".into(), json!(obj["service_key"].as_str().unwrap().trim()));
+    v
+}
+
+/// The command that sends `case` as an Events API v1 event: `pdrelay send --api v1`,
+/// `pdrelay nagios --api v1`, `pdrelay zabbix --api v1`, `pdrelay sensu --api v1`.
+fn v1_command(env: &TestEnv, case: &Case) -> Command {
+    let mut c = env.command();
+    c.stdin(Stdio::null());
+    match case.command.as_str() {
+        "pd-send" => c.args(["send", "--api", "v1"]).args(&case.args),
+        "pd-nagios" => c.args(["nagios", "--api", "v1"]).args(&case.args),
+        "pd-zabbix" => c.args(["zabbix", "--api", "v1", "--"]).args(&case.args),
+        "pd-sensu" => c.args(["sensu", "--api", "v1"]).args(&case.args),
+        other => panic!("unknown command {other}"),
+    };
+    c
+}
+
+fn describe(case: &Case, how: &str, out: &Output) -> String {
+    format!(
+        "case {} ({how} {:?}): exit {:?}\nstdout: {}\nstderr: {}",
+        case.name,
+        case.args,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn every_pdagent_golden_case_through_the_wrappers_and_api_v1() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let migrating = readme.split("## Migrating from pdagent").nth(1).unwrap().split("\n## ").next().unwrap();
+    let env = TestEnv::new();
+    let _d = env.start();
+    let cases = golden_cases();
+    assert!(cases.len() >= 117, "{} cases", cases.len());
+    let mut delivered = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let diff = differs(&case.name);
+        if let Some(Differs::Refuses(why) | Differs::Accepts(why) | Differs::Sends(why, _)) = diff {
+            if !migrating.contains(why) {
+                failures.push(format!("case {}: README \"Migrating from pdagent\" must say: {why}", case.name));
+            }
+        }
+        let pdagent_sent = case.exit == 0 && !case.queued.is_empty();
+        let accepts = match diff {
+            Some(Differs::Refuses(_)) => false,
+            Some(Differs::Accepts(_)) => true,
+            _ => pdagent_sent,
+        };
+        let mut wrapped = wrapper(&env, &case.command);
+        wrapped.args(&case.args);
+        for (how, command) in [("wrapper", wrapped), ("--api v1", v1_command(&env, case))] {
+            let out = run(command, case.stdin.as_deref());
+            if !accepts {
+                if out.status.success() {
+                    failures.push(format!("accepted what pdrelay should refuse: {}", describe(case, how, &out)));
+                    delivered += 1;
+                    env.fake.wait_accepted(delivered, WAIT);
+                } else if out.status.code() != Some(2) {
+                    failures.push(format!("refused with another exit code than 2: {}", describe(case, how, &out)));
+                }
+                continue;
+            }
+            if !out.status.success() {
+                failures.push(describe(case, how, &out));
+                continue;
+            }
+            delivered += 1;
+            let got = env.fake.wait_accepted(delivered, WAIT);
+            let body = &got[delivered - 1].body;
+            let Some(queued) = case.queued.first().filter(|_| pdagent_sent) else { continue };
+            let want = expected_v1(case, queued);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if how == "wrapper" {
+                // pd-nagios printed its key as a Python tuple, `('KEY', [])`; the wrapper prints KEY.
+                let tuple = format!("('{}', [])", queued["incident_key"].as_str().unwrap_or_default());
+                let pdagent_stdout = case.stdout.replace(&tuple, queued["incident_key"].as_str().unwrap_or_default());
+                if pdagent_stdout != case.stdout && !migrating.contains(README_TUPLE) {
+                    failures.push(format!("case {}: README must say: {README_TUPLE}", case.name));
+                }
+                let want_stdout = pdagent_stdout.replace(
+                    &format!("Incident Key: {}", queued["incident_key"].as_str().unwrap_or_default()),
+                    &format!("Incident Key: {}", want["incident_key"].as_str().unwrap_or_default()),
+                );
+                if stdout != want_stdout {
+                    failures.push(format!("stdout {stdout:?}, pdagent {want_stdout:?}: {}", describe(case, how, &out)));
+                }
+            }
+            if how == "wrapper" && case.command != "pd-send" {
+                // v2: the same incident key.
+                if body["dedup_key"] != want["incident_key"] {
+                    failures.push(format!(
+                        "case {}: dedup_key {}, pdagent {}",
+                        case.name, body["dedup_key"], want["incident_key"]
+                    ));
+                }
+            } else if *body != want {
+                failures.push(format!("case {} ({how}): sent\n  {body}\npdagent queued\n  {want}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n\n"));
+    assert_eq!(env.fake.accepted().len(), delivered);
+}
+
+/// argparse habits that scripts written for pdagent rely on, beyond the golden corpus:
+/// abbreviations of long options, a flag given twice, an empty field name, dash-led values, and
+/// pd-nagios's long options abbreviated through the wrapper.
+#[test]
+fn pdagent_argparse_habits_are_kept() {
+    let env = TestEnv::new();
+    let _d = env.start();
+    let rk = routing_key(88);
+    let out = wrap(
+        &env,
+        "pd-send",
+        &["--serv", &rk, "--event", "trigger", "--desc", "first", "--desc=--- WARNING ---", "--inc", "-abc def"],
+    );
+    assert_eq!(ok(&out), "Event processed. Incident Key: -abc def\n");
+    let out = wrap(&env, "pd-send", &["-k", &rk, "-t", "trigger", "-d", "f", "-i", "fields", "-f", "=v", "-f", "k="]);
+    ok(&out);
+    // pd-nagios's --event-type and --notification-type, abbreviated, through the wrapper.
+    let out = wrap(
+        &env,
+        "pd-nagios",
+        &["--serv", &rk, "--event=PROBLEM", "--notif", "host", "-f", "HOSTNAME=", "-f", "HOSTSTATE=DOWN"],
+    );
+    assert_eq!(ok(&out), "Event processed. Incident Key: event_source=host;host_name=\n");
+    // An abbreviation pdrelay's longer option list makes ambiguous is refused, naming it.
+    let out = wrap(&env, "pd-send", &["-k", &rk, "-t", "trigger", "--d", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--d"));
+
+    let got = env.fake.wait_accepted(3, WAIT);
+    assert_eq!(got[0].body["description"], "--- WARNING ---");
+    assert_eq!(got[0].body["incident_key"], "-abc def");
+    assert_eq!(got[1].body["details"], json!({"": "v", "k": ""}));
+    assert_eq!(got[2].body["dedup_key"], "event_source=host;host_name=");
+    assert_eq!(got[2].body["event_action"], "trigger");
+    assert_eq!(env.fake.accepted().len(), 3);
+}
