@@ -1839,6 +1839,81 @@ mod tests {
         assert_eq!(reopened.pending_from(0, 10).unwrap().len(), 1);
     }
 
+    #[tokio::test]
+    async fn triggers_without_a_timestamp_get_the_acceptance_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let rk = "r".repeat(32);
+        let parse = |text: String| Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap();
+        let given = parse(format!(
+            r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"t","payload":{{"summary":"s","source":"h","severity":"info","timestamp":"2020-01-02T03:04:05Z"}}}}"#
+        ));
+        let resolve = parse(format!(r#"{{"routing_key":"{rk}","event_action":"resolve","dedup_key":"a"}}"#));
+        let before = now_ms();
+        let a = store
+            .insert(vec![
+                NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") },
+                NewEvent { id: None, intake: "socket", event: given.clone() },
+                NewEvent { id: None, intake: "socket", event: resolve.clone() },
+            ])
+            .await
+            .unwrap();
+        let after = now_ms();
+        let stamped = store.get(a[0].seq).unwrap().unwrap();
+        let Event::Alert(alert) = &stamped.event else { panic!("an alert") };
+        let ts = alert.payload.as_ref().unwrap().timestamp.clone().expect("a timestamp was filled in");
+        let parsed = time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).unwrap();
+        let ms = (parsed.unix_timestamp_nanos() / 1_000_000) as u64;
+        assert!((before..=after).contains(&ms), "{ts} not within the insert");
+        assert_eq!(ms, stamped.accepted_at_ms, "the timestamp is the acceptance time");
+        assert!(ts.ends_with('Z'), "{ts}");
+        crate::event::check_timestamp(&ts, "payload.timestamp").unwrap();
+        // A producer's timestamp stays; events that are not triggers are not touched.
+        assert_eq!(store.get(a[1].seq).unwrap().unwrap().event, given);
+        assert_eq!(store.get(a[2].seq).unwrap().unwrap().event, resolve);
+        // The same file read again is still the same event, stored once.
+        let again =
+            store.insert(vec![NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") }]).await.unwrap();
+        assert_eq!(again[0], a[0]);
+        assert_eq!(store.pending_count(), 3);
+        assert_eq!(store.pending_by_key().get(&rk), Some(&3));
+    }
+
+    #[tokio::test]
+    async fn send_now_clears_retry_times_and_pauses_and_superseded_records_leave_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let rk = "r".repeat(32);
+        let a = store
+            .insert(vec![
+                NewEvent { id: None, intake: "socket", event: event("a") },
+                NewEvent { id: None, intake: "socket", event: event("b") },
+            ])
+            .await
+            .unwrap();
+        let far = now_ms() + 3_600_000;
+        let retry = Outcome::Retry { status: Some(429), reason: "429".into(), next_attempt_at_ms: far, pause_routing_key: true };
+        store.record_outcome(a[0].seq, retry).await.unwrap();
+        assert!(!store.take_send_now());
+        assert_eq!(store.send_now(vec![a[0].seq, a[1].seq]).await.unwrap(), 1, "only the waiting one changes");
+        assert!(store.take_send_now());
+        assert!(!store.take_send_now(), "taken once");
+        let record = store.get(a[0].seq).unwrap().unwrap();
+        assert_eq!((record.next_attempt_at_ms, record.attempts), (None, 1));
+        assert!(store.pauses().unwrap().is_empty(), "the key's pause is lifted");
+        store.record_outcome(a[1].seq, Outcome::Superseded { by: "r1".into() }).await.unwrap();
+        let superseded = store.get(a[1].seq).unwrap().unwrap();
+        assert_eq!((superseded.state, superseded.attempts), (State::Superseded, 0));
+        assert!(superseded.last_error.unwrap().contains("r1"));
+        assert_eq!((store.pending_count(), store.superseded_count()), (1, 1));
+        assert_eq!(store.pending_by_key().get(&rk), Some(&1));
+        store.close();
+        drop(store);
+        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!((reopened.pending_count(), reopened.superseded_count()), (1, 1));
+        assert_eq!(reopened.pending_by_key().get(&rk), Some(&1));
+    }
+
     #[test]
     fn a_second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
