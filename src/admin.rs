@@ -115,9 +115,13 @@ pub struct Counts {
     pub failed: u64,
     /// Delivered and still kept.
     pub delivered: u64,
-    /// Superseded by a later resolve and kept (not sent).
-    #[serde(default)]
+    /// Superseded by a later resolve and kept (not sent); left out of JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub superseded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A routing key whose pending backlog is more than its rate limit lets out in a minute.
@@ -148,11 +152,13 @@ pub struct StatusReport {
     pub last_success: Option<(String, String)>,
     /// Last error: when (RFC 3339) and what.
     pub last_error: Option<(String, String)>,
-    /// Routing keys held to their rate limit by their backlog, longest drain first.
-    #[serde(default)]
+    /// Routing keys whose backlog is over a minute at their rate limit, longest drain first;
+    /// left out of JSON when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub throttled: Vec<Throttled>,
-    /// Since when (RFC 3339) the running daemon holds PagerDuty for unreachable and probes.
-    #[serde(default)]
+    /// Since when (RFC 3339) the running daemon holds PagerDuty for unreachable and probes;
+    /// left out of JSON when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage_since: Option<String>,
 }
 
@@ -754,4 +760,43 @@ pub fn render(answer: &AdminAnswer) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, IntakeDefaults};
+    use crate::queue::store::NewEvent;
+
+    fn trigger(rk: &str, n: usize) -> NewEvent {
+        let text = format!(
+            r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
+        );
+        NewEvent { id: None, intake: "socket", event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap() }
+    }
+
+    #[tokio::test]
+    async fn status_shows_throttled_keys_and_how_long_their_backlog_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let (storm, calm, fast) = ("A".repeat(32), "B".repeat(32), "C".repeat(32));
+        let mut events: Vec<NewEvent> = (0..30).map(|n| trigger(&storm, n)).collect();
+        events.extend((0..5).map(|n| trigger(&calm, n)));
+        events.extend((0..50).map(|n| trigger(&fast, n)));
+        store.insert(events).await.unwrap();
+        let mut limits = crate::config::RateLimits { default_per_min: 10, ..Default::default() };
+        limits.per_key.insert(fast.clone(), 1000);
+        store.set_rate_limits(limits);
+        let AdminAnswer::Status(report) = execute(&store, AdminRequest::Status).await.unwrap() else {
+            panic!("a status answer")
+        };
+        assert_eq!(
+            report.throttled,
+            vec![Throttled { routing_key: "AAAAAA…".into(), pending: 30, limit_per_min: 10, drains_in_s: 180 }]
+        );
+        let text = render(&AdminAnswer::Status(report));
+        assert!(text.contains("THROTTLED") && text.contains("AAAAAA…") && text.contains("3m"), "{text}");
+        assert_eq!(drain_seconds(121, 120), 61);
+        store.close();
+    }
 }

@@ -11,6 +11,9 @@
 //! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept) |
 //! | `pdrelay_paused_routing_keys` | gauge | routing keys paused by 429 / v1 403 |
 //! | `pdrelay_oldest_pending_age_seconds` | gauge | age of the oldest pending event |
+//! | `pdrelay_delivery_outage` | gauge | 1 while PagerDuty is held for unreachable (probing), else 0 |
+//! | `pdrelay_throttled_routing_keys` | gauge | routing keys whose backlog is over a minute at their rate limit |
+//! | `pdrelay_throttled_backlog_seconds` | gauge | `routing_key` (first 6 characters): time to drain a throttled key's backlog at its limit |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,13 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of `pdrelay_throttled_backlog_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The routing key, redacted (first 6 characters).
+    pub routing_key: String,
+}
+
 /// Labels of `pdrelay_intake_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntakeLabels {
@@ -65,6 +75,9 @@ pub struct Metrics {
     pub waiting: Gauge,
     paused: Gauge,
     oldest_age: Gauge,
+    outage: Gauge,
+    throttled: Gauge,
+    backlog: Family<KeyLabels, Gauge>,
 }
 
 impl Metrics {
@@ -88,7 +101,33 @@ impl Metrics {
         registry.register("queue_events", "Queued events by state", by_state.clone());
         registry.register("paused_routing_keys", "Routing keys paused by a 429 (or v1 403)", paused.clone());
         registry.register("oldest_pending_age_seconds", "Age of the oldest pending event", oldest_age.clone());
-        Arc::new(Metrics { registry, intake, deliveries, duration, pending, by_state, waiting, paused, oldest_age })
+        let (outage, throttled) = (Gauge::default(), Gauge::default());
+        let backlog = Family::<KeyLabels, Gauge>::default();
+        registry.register("delivery_outage", "1 while PagerDuty is held for unreachable and probed", outage.clone());
+        registry.register(
+            "throttled_routing_keys",
+            "Routing keys whose pending backlog is over a minute at their rate limit",
+            throttled.clone(),
+        );
+        registry.register(
+            "throttled_backlog_seconds",
+            "Time to drain a throttled routing key's backlog at its rate limit",
+            backlog.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            intake,
+            deliveries,
+            duration,
+            pending,
+            by_state,
+            waiting,
+            paused,
+            oldest_age,
+            outage,
+            throttled,
+            backlog,
+        })
     }
 
     /// Counts one attempt.
@@ -123,6 +162,19 @@ impl Metrics {
             .and_then(|seq| store.get(seq).ok().flatten())
             .map(|r| now.saturating_sub(r.accepted_at_ms) / 1000);
         self.oldest_age.set(oldest.unwrap_or(0) as i64);
+        self.outage.set(i64::from(store.outage_since().is_some()));
+        let limits = store.rate_limits();
+        self.backlog.clear();
+        let mut throttled = 0;
+        for (rk, n) in store.pending_by_key() {
+            let limit = limits.of(&rk);
+            if limit > 0 && n > u64::from(limit) {
+                throttled += 1;
+                let labels = KeyLabels { routing_key: crate::event::redact_routing_key(&rk) };
+                self.backlog.get_or_create(&labels).set(crate::admin::drain_seconds(n, limit) as i64);
+            }
+        }
+        self.throttled.set(throttled);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
