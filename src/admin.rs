@@ -196,7 +196,7 @@ pub struct RecordSummary {
 #[serde(tag = "answer", content = "result", rename_all = "snake_case")]
 pub enum AdminAnswer {
     /// For `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// For `list`.
     List(Vec<RecordSummary>),
     /// For `show`.
@@ -302,7 +302,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             let report = tokio::task::spawn_blocking(move || status(&s, now))
                 .await
                 .map_err(|e| AdminError::Failed(e.to_string()))??;
-            Ok(AdminAnswer::Status(report))
+            Ok(AdminAnswer::Status(Box::new(report)))
         }
         AdminRequest::List { state, routing_key, limit } => {
             let mut out = Vec::new();
@@ -573,9 +573,12 @@ pub fn call(config: &Config, request: AdminRequest) -> Result<AdminAnswer, Admin
             "permission denied on {}: queue commands are for root and the pdrelay daemon's user",
             socket.display()
         ))),
-        Err(_) => {
-            direct(&config.queue_path(), socket, request, crate::config::RateLimits::from_section(&config.file.delivery))
-        }
+        Err(_) => direct(
+            &config.queue_path(),
+            socket,
+            request,
+            crate::config::RateLimits::from_section(&config.file.delivery),
+        ),
     }
 }
 
@@ -772,7 +775,11 @@ mod tests {
         let text = format!(
             r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
         );
-        NewEvent { id: None, intake: "socket", event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap() }
+        NewEvent {
+            id: None,
+            intake: "socket",
+            event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap(),
+        }
     }
 
     #[tokio::test]

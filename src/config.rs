@@ -683,7 +683,8 @@ fn check_delivery(d: &DeliverySection, problems: &mut Vec<String>) {
         problems.push("delivery.probe_interval: must be between 100ms and 10m".to_owned());
     }
     if d.rate_limit > MAX_RATE_LIMIT {
-        problems.push(format!("delivery.rate_limit: must be between 0 (no limit) and {MAX_RATE_LIMIT} events a minute"));
+        problems
+            .push(format!("delivery.rate_limit: must be between 0 (no limit) and {MAX_RATE_LIMIT} events a minute"));
     }
     for (key, limit) in &d.rate_limits {
         if let Err(e) = RoutingKey::parse(key, "delivery.rate_limits") {
@@ -898,7 +899,8 @@ mod tests {
         assert_eq!(c.file.delivery.outage_after, 3);
         assert!(!c.file.delivery.drop_stale_pairs);
         let key = "R0000000000000000000000000000001";
-        let c = Config::from_toml(&format!("[delivery]\nrate_limit = 0\n[delivery.rate_limits]\n{key} = 10000\n")).unwrap();
+        let c =
+            Config::from_toml(&format!("[delivery]\nrate_limit = 0\n[delivery.rate_limits]\n{key} = 10000\n")).unwrap();
         let limits = RateLimits::from_section(&c.file.delivery);
         assert_eq!((limits.of(key), limits.of("R0000000000000000000000000000002")), (10_000, 0));
         let err = Config::from_toml(
@@ -907,7 +909,10 @@ mod tests {
         .unwrap_err();
         let ConfigError::Invalid { problems } = err else { panic!("expected Invalid") };
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems.iter().all(|p| p.starts_with("delivery.") || p.contains("delivery.rate_limits")), "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.starts_with("delivery.") || p.contains("delivery.rate_limits")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -309,10 +309,8 @@ pub async fn run(
         // next probe, and for room under a key's rate limit.
         let next_timer = d.timers.peek().map(|Reverse((at, _))| *at);
         let next_probe = d.outage.as_ref().filter(|o| o.probing.is_none()).map(|o| o.next_probe_ms);
-        let next_wake = [next_timer, d.paused.values().min().copied(), next_probe, d.next_rate_room()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next_wake =
+            [next_timer, d.paused.values().min().copied(), next_probe, d.next_rate_room()].into_iter().flatten().min();
         let timer = async move {
             match next_wake {
                 Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,

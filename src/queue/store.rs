@@ -1358,6 +1358,7 @@ fn intake_room(inner: &Inner, limits: &Limits) -> Result<u64, StoreError> {
     Ok(limits.max_pending.saturating_sub(inner.pending.load(Ordering::SeqCst)))
 }
 
+#[allow(clippy::too_many_arguments)] // one commit's running tallies, passed by the committer
 fn prepare_insert(
     inner: &Inner,
     events: Vec<NewEvent>,
@@ -1872,8 +1873,10 @@ mod tests {
         assert_eq!(store.get(a[1].seq).unwrap().unwrap().event, given);
         assert_eq!(store.get(a[2].seq).unwrap().unwrap().event, resolve);
         // The same file read again is still the same event, stored once.
-        let again =
-            store.insert(vec![NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") }]).await.unwrap();
+        let again = store
+            .insert(vec![NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") }])
+            .await
+            .unwrap();
         assert_eq!(again[0], a[0]);
         assert_eq!(store.pending_count(), 3);
         assert_eq!(store.pending_by_key().get(&rk), Some(&3));
@@ -1892,7 +1895,12 @@ mod tests {
             .await
             .unwrap();
         let far = now_ms() + 3_600_000;
-        let retry = Outcome::Retry { status: Some(429), reason: "429".into(), next_attempt_at_ms: far, pause_routing_key: true };
+        let retry = Outcome::Retry {
+            status: Some(429),
+            reason: "429".into(),
+            next_attempt_at_ms: far,
+            pause_routing_key: true,
+        };
         store.record_outcome(a[0].seq, retry).await.unwrap();
         assert!(!store.take_send_now());
         assert_eq!(store.send_now(vec![a[0].seq, a[1].seq]).await.unwrap(), 1, "only the waiting one changes");

@@ -38,7 +38,8 @@ fn wall(rfc3339: &str) -> SystemTime {
 fn lines_of(received: &[crate::fake_api::Received]) -> HashMap<(String, String), Vec<u64>> {
     let mut lines: HashMap<(String, String), Vec<u64>> = HashMap::new();
     for r in received {
-        let key = (r.body["routing_key"].as_str().unwrap().to_owned(), r.body["dedup_key"].as_str().unwrap().to_owned());
+        let key =
+            (r.body["routing_key"].as_str().unwrap().to_owned(), r.body["dedup_key"].as_str().unwrap().to_owned());
         lines.entry(key).or_default().push(r.body["payload"]["custom_details"]["n"].as_u64().unwrap());
     }
     lines
@@ -74,14 +75,8 @@ fn after_an_outage_the_first_event_goes_within_a_probe_interval_and_the_backlog_
     let bound = since.elapsed().as_secs_f64() / 1.6 + 1.0;
     assert!(probes as f64 <= bound, "{probes} requests in {:?} while PagerDuty was down", since.elapsed());
     // The latest retry time an event holds now: what it would have waited for on its own.
-    let own_timer = waiting
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["next_attempt_at"].as_str())
-        .map(wall)
-        .max()
-        .unwrap();
+    let own_timer =
+        waiting.as_array().unwrap().iter().filter_map(|r| r["next_attempt_at"].as_str()).map(wall).max().unwrap();
     assert!(own_timer > SystemTime::now() + Duration::from_secs(20), "a backoff near its 60 s maximum");
 
     env.fake.set_down(false);
@@ -91,7 +86,10 @@ fn after_an_outage_the_first_event_goes_within_a_probe_interval_and_the_backlog_
     assert!(first <= Duration::from_millis(2_400 + 1_500), "first event {first:?} after PagerDuty answered again");
     let last = got.last().unwrap().at.duration_since(up);
     assert!(up_wall + last < own_timer, "the backlog went at once, not at its own retry times");
-    assert!(last - first < Duration::from_secs(10), "the backlog followed the first event at once ({first:?}..{last:?})");
+    assert!(
+        last - first < Duration::from_secs(10),
+        "the backlog followed the first event at once ({first:?}..{last:?})"
+    );
     assert_eq!(got.len(), 30, "each event once");
     for ((rk, dedup), numbers) in lines_of(&got) {
         assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{rk}/{dedup} out of order: {numbers:?}");
@@ -193,7 +191,14 @@ fn stale_pairs(drop_stale_pairs: bool) -> (Vec<(String, String)>, usize) {
 fn stale_pairs_are_sent_by_default_and_kept_as_superseded_when_asked() {
     let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, d)| (a.to_string(), d.to_string())).collect::<Vec<_>>();
     let (sent, superseded) = stale_pairs(false);
-    let all = [("trigger", "x"), ("acknowledge", "x"), ("resolve", "x"), ("trigger", "y"), ("trigger", "z"), ("resolve", "z")];
+    let all = [
+        ("trigger", "x"),
+        ("acknowledge", "x"),
+        ("resolve", "x"),
+        ("trigger", "y"),
+        ("trigger", "z"),
+        ("resolve", "z"),
+    ];
     let mut sorted = sent.clone();
     sorted.sort();
     let mut want = pairs(&all);

@@ -1,7 +1,7 @@
 //! Black-box tests of the `pdrelay` binary against a fake Events API on loopback.
 
-mod fake_api;
 mod delivery;
+mod fake_api;
 mod forwarder;
 mod http;
 mod migration;
