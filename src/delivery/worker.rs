@@ -293,6 +293,15 @@ pub async fn run(
     }
     d.refill()?;
     info!(pending = d.store.pending_count(), loaded = d.loaded.len(), window = d.window(), "delivery started");
+    // Deliveries were failing when the daemon stopped: events may wait on long backoffs. Probe
+    // at once, as after an outage; the first answer releases them (none: the outage goes on).
+    if let (last_success, Some((error_at, _))) = d.store.last_events()? {
+        if last_success.is_none_or(|(at, _)| at < error_at) && d.store.pending_count() > 0 {
+            info!("deliveries were failing when pdrelay stopped; one event probes PagerDuty before the others go");
+            d.outage = Some(Outage { since_ms: now, next_probe_ms: now, probing: None });
+            d.store.set_outage(Some(now));
+        }
+    }
     tokio::pin!(shutdown);
     let beat = d.settings.heartbeat;
     let stamp = d.settings.heartbeat_ms.clone();
