@@ -338,7 +338,8 @@ pub async fn run(
                 }
             }
             Some(joined) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => d.finish(joined),
-            _ = timer => d.fire_timers(),            _ = async { match beat { Some(b) => tokio::time::sleep(b).await, None => std::future::pending().await } } => {}
+            _ = timer => d.fire_timers(),
+            _ = async { match beat { Some(b) => tokio::time::sleep(b).await, None => std::future::pending().await } } => {}
         }
     }
     let in_flight = d.in_flight.len();
@@ -446,14 +447,15 @@ impl Dispatcher {
     }
 
     /// Whether the head of a line of `rk` must wait for room under the key's rate limit; if
-    /// so, the line joins the key's waiting lines.
+    /// so, the line joins the key's waiting lines. (Lines released from there come first in
+    /// `ready`, so they take the room before lines that never waited.)
     fn rate_held(&mut self, rk: &Arc<str>, key: LineKey, now: u64) -> bool {
         let limit = self.settings.rate_limits.of(rk) as usize;
         if limit == 0 {
             return false;
         }
         let rate = self.rates.entry(rk.clone()).or_default();
-        if rate.room_at(now, limit) == Some(now) && rate.waiting.is_empty() {
+        if rate.room_at(now, limit) == Some(now) {
             return false;
         }
         rate.waiting.push_back(key);

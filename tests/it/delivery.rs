@@ -105,7 +105,9 @@ fn a_storm_on_one_key_goes_at_its_limit_without_429s_while_other_keys_flow() {
     // The fake refuses an 11th event of a key within any 60 s, as PagerDuty would.
     env.fake.enforce_rate_limit(10, Duration::from_secs(60));
     let _daemon = env.start();
-    let mut lines: Vec<String> = (0..15u64).map(|n| event(&storm, "trigger", &format!("s{}", n % 3), n)).collect();
+    // 12 lines (dedup keys), three of them with two events: more lines wait than room opens at
+    // a time, and order within a line must hold.
+    let mut lines: Vec<String> = (0..15u64).map(|n| event(&storm, "trigger", &format!("s{}", n % 12), n)).collect();
     lines.extend((100..110u64).map(|n| event(&calm, "trigger", &format!("c{}", n % 2), n)));
     send_all(&env, &lines);
     let count = |rk: &str| env.fake.accepted().iter().filter(|r| r.body["routing_key"] == rk).count();
