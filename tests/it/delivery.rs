@@ -242,3 +242,23 @@ fn a_trigger_without_a_timestamp_carries_its_acceptance_time() {
     assert_eq!(by_dedup("t2", "trigger")["payload"]["timestamp"], "2020-01-02T03:04:05Z");
     assert!(by_dedup("t1", "resolve")["payload"].get("timestamp").is_none());
 }
+
+#[test]
+fn a_restart_after_failing_deliveries_probes_and_releases_the_waiting_events() {
+    // Each event waits an hour after a failure, and no outage is declared while running.
+    let env = TestEnv::with_config(
+        "[retry]\ninitial_interval = \"1h\"\nmax_interval = \"1h\"\n[delivery]\noutage_after = 1000\nprobe_interval = \"200ms\"\n",
+    );
+    env.fake.set_down(true);
+    let daemon = env.start();
+    let rk = routing_key(197);
+    send_all(&env, &[event(&rk, "trigger", "a", 1), event(&rk, "trigger", "b", 2), event(&rk, "trigger", "a", 3)]);
+    wait_until("the events waiting an hour", WAIT, || env.queue_json(&["status"])["total"]["waiting"] == 2);
+    let (code, _, log) = daemon.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    env.fake.set_down(false);
+    let daemon = env.start();
+    let got = env.fake.wait_accepted(3, WAIT);
+    assert_eq!(lines_of(&got)[&(rk.clone(), "a".to_owned())], vec![1, 3]);
+    assert!(daemon.log_text().contains("probes PagerDuty"), "{}", daemon.log_text());
+}
