@@ -245,3 +245,35 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, IntakeDefaults};
+    use crate::queue::store::NewEvent;
+
+    #[tokio::test]
+    async fn throttled_keys_and_their_backlog_time_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let events = (0..250)
+            .map(|n| {
+                let rk = if n < 240 { "A".repeat(32) } else { "B".repeat(32) };
+                let text = format!(
+                    r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
+                );
+                NewEvent { id: None, intake: "socket", event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap() }
+            })
+            .collect();
+        store.insert(events).await.unwrap();
+        store.set_outage(Some(now_ms()));
+        let text = Metrics::new().render(&store);
+        assert!(text.contains("pdrelay_throttled_routing_keys 1\n"), "{text}");
+        assert!(text.contains("pdrelay_throttled_backlog_seconds{routing_key=\"AAAAAA…\"} 120\n"), "{text}");
+        assert!(!text.contains("BBBBBB"), "a key under its limit is not listed: {text}");
+        assert!(text.contains("pdrelay_delivery_outage 1\n"), "{text}");
+        store.set_outage(None);
+        assert!(Metrics::new().render(&store).contains("pdrelay_delivery_outage 0\n"));
+        store.close();
+    }
+}

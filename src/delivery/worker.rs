@@ -103,29 +103,6 @@ pub struct DeliverySettings {
     pub drop_stale_pairs: bool,
 }
 
-impl DeliverySettings {
-    /// Settings with the `[delivery]` defaults: outage after 3 systemic failures, a probe
-    /// every 5 s, PagerDuty's 120 events a minute per key, stale pairs sent.
-    pub fn new(client: EventsClient, live: crate::live::LiveConfig, concurrency: usize, window: usize) -> Self {
-        let d = crate::config::DeliverySection::default();
-        DeliverySettings {
-            client,
-            live,
-            concurrency,
-            window,
-            shutdown_timeout: Duration::from_secs(10),
-            failing: Default::default(),
-            heartbeat: None,
-            heartbeat_ms: Default::default(),
-            metrics: None,
-            outage_after: d.outage_after,
-            probe_interval: d.probe_interval,
-            rate_limits: crate::config::RateLimits::from_section(&d),
-            drop_stale_pairs: d.drop_stale_pairs,
-        }
-    }
-}
-
 /// A line's key: a hash of (routing key, dedup key), or of (routing key, sequence number) for a
 /// change event. See [`line_key`].
 type LineKey = u64;
