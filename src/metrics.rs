@@ -8,7 +8,7 @@
 //! | `pdrelay_deliveries_total` | counter | `outcome`: delivered, failed, retry; `status`: HTTP code or `none` |
 //! | `pdrelay_delivery_duration_seconds` | histogram | time of one attempt, from sending to the whole answer |
 //! | `pdrelay_queue_pending_events` | gauge | pending events (including those waiting for a retry) |
-//! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept) |
+//! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept), superseded (kept) |
 //! | `pdrelay_paused_routing_keys` | gauge | routing keys paused by 429 / v1 403 |
 //! | `pdrelay_oldest_pending_age_seconds` | gauge | age of the oldest pending event |
 //! | `pdrelay_delivery_outage` | gauge | 1 while PagerDuty is held for unreachable (probing), else 0 |
@@ -149,6 +149,7 @@ impl Metrics {
             ("waiting", waiting),
             ("failed", failed as i64),
             ("delivered", delivered as i64),
+            ("superseded", store.superseded_count() as i64),
         ] {
             self.by_state.get_or_create(&StateLabels { state: state.to_owned() }).set(n);
         }
