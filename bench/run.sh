@@ -3,7 +3,7 @@
 #   bench/run.sh          full run (1,000,000 pending; about 5 minutes on 2 cores)
 #   QUICK=1 bench/run.sh  smaller counts (about 1 minute)
 #   ONLY="pending drain" bench/run.sh   some parts: idle (with latency and send), intake, pending,
-#                                       spool, drain, bigfile
+#                                       spool, drain, bigfile, recovery
 # Everything runs on this machine: the daemon (release build), the receiver (the tests' fake
 # Events API, release build) on 127.0.0.1, and Python clients.
 set -euo pipefail
@@ -19,11 +19,13 @@ trap cleanup EXIT
 if [ -n "${QUICK:-}" ]; then INTAKE=50000; PENDING=200000; DRAIN=20000; SENDS=50; else INTAKE=200000; PENDING=1000000; DRAIN=100000; SENDS=200; fi
 RESULTS="$W/results"
 
-config() { # $1 = name, $2 = max_pending
+config() { # $1 = name, $2 = max_pending, $3 = delivery.rate_limit (default 0: none)
   mkdir -p "$W/$1/spool"
   cat > "$W/$1/config.toml" <<CONF
 state_dir = "$W/$1/state"
 log_level = "warn"
+[delivery]
+rate_limit = ${3:-0}
 [queue]
 max_pending = $2
 min_free_bytes = 0
@@ -137,6 +139,47 @@ if want bigfile; then
 config bigfile 10000000; receiver throttle 3600; daemon bigfile
 say "bigfile $(python3 bench/bigfile.py $DPID "$W/bigfile/spool" "$W/bigfile/run/pdrelay.sock" 16)"
 stop $DPID; stop $RECV
+fi
+# 9. Recovery: PagerDuty away (503) while 10,000 events over 100 keys queue up, then back. Time
+#    from its first answer ("UP") to the first event and to the last, with the rate limit high
+#    (1,000,000 a minute) and at PagerDuty's default (120 a minute per key, enforced by the
+#    receiver too: a 429 would pause the key and show in the time), probe_interval at its
+#    default (5 s). Then a storm on one key at the default limit: 300 events (QUICK: skipped)
+#    drain in three bursts of up to 120 a minute apart; the measured period between bursts and
+#    the last burst's length give 10,000 events' time: (ceil(10000/120) - 1) * period + burst.
+if want recovery; then
+recovery() { # $1 = name, $2 = rate limit, $3 = events, $4 = keys, $5 = down seconds
+  config "$1" 1000000 "$2"; receiver down "$5" limit 120; daemon "$1"
+  python3 bench/client.py "$W/$1/run/pdrelay.sock" "$3" 4 "$4" > /dev/null
+  for _ in $(seq 2400); do [ "$(grep -c ' /v2/enqueue ' "$W/received.log")" -ge "$3" ] && break; sleep 0.5; done
+  python3 - "$W/received.log" "$3" <<'PY'
+import json, sys
+up, t = None, []
+for line in open(sys.argv[1]):
+    f = line.split(" ", 2)
+    if f[1].strip() == "UP": up = float(f[0])
+    elif f[1] == "/v2/enqueue": t.append(float(f[0]))
+print(json.dumps({"events": len(t), "first_after_up_s": round(t[0] - up, 3), "drained_after_up_s": round(t[-1] - up, 3)}))
+PY
+  stop $DPID; stop $RECV; rm -rf "$W/$1"
+}
+say "recovery_rate_high $(recovery rec_high 1000000 10000 100 20)"
+say "recovery_rate_default $(recovery rec_default 120 10000 100 20)"
+if [ -z "${QUICK:-}" ]; then
+config storm 1000000 120; receiver limit 120; daemon storm
+python3 bench/client.py "$W/storm/run/pdrelay.sock" 300 1 1 > /dev/null
+for _ in $(seq 600); do [ "$(grep -c ' /v2/enqueue ' "$W/received.log")" -ge 300 ] && break; sleep 0.5; done
+say "storm_one_key_default $(python3 - "$W/received.log" <<'PY'
+import json, math, sys
+t = [float(l.split(" ", 1)[0]) for l in open(sys.argv[1]) if " /v2/enqueue " in l]
+period = (t[240] - t[0]) / 2          # start of burst 3 minus start of burst 1, over 2
+burst = t[-1] - t[240]                # the last burst's own length
+print(json.dumps({"events": len(t), "seconds": round(t[-1] - t[0], 3), "burst_period_s": round(period, 3),
+                  "extrapolated_10000_s": round((math.ceil(10000 / 120) - 1) * period + burst)}))
+PY
+)"
+stop $DPID; stop $RECV; rm -rf "$W/storm"
+fi
 fi
 cp "$RESULTS" bench/results.txt 2>/dev/null || true
 echo "results in bench/results.txt"

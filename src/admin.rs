@@ -37,6 +37,8 @@ pub enum ListState {
     Failed,
     /// Delivered.
     Delivered,
+    /// Not sent: made moot by a later resolve (`delivery.drop_stale_pairs`).
+    Superseded,
 }
 
 /// States a purge may remove.
@@ -47,6 +49,8 @@ pub enum PurgeState {
     Failed,
     /// Delivered records.
     Delivered,
+    /// Superseded records.
+    Superseded,
 }
 
 /// Which failed events `retry` puts back.
@@ -59,6 +63,9 @@ pub enum RetryTarget {
     All,
     /// Failed events of a routing key (the full key or its first characters).
     RoutingKey(String),
+    /// Pending events waiting for a retry time (of one routing key, when given, full or its
+    /// first characters): sent now, and their keys' 429 pauses lifted.
+    Waiting(Option<String>),
 }
 
 /// One admin request.
@@ -108,6 +115,26 @@ pub struct Counts {
     pub failed: u64,
     /// Delivered and still kept.
     pub delivered: u64,
+    /// Superseded by a later resolve and kept (not sent); left out of JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub superseded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A routing key whose pending backlog is more than its rate limit lets out in a minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttled {
+    /// Routing key, redacted.
+    pub routing_key: String,
+    /// Pending events of the key (including waiting ones).
+    pub pending: u64,
+    /// Its limit, events a minute.
+    pub limit_per_min: u32,
+    /// How long the backlog takes to drain at that limit, in seconds (rounded up).
+    pub drains_in_s: u64,
 }
 
 /// `queue status`.
@@ -125,6 +152,14 @@ pub struct StatusReport {
     pub last_success: Option<(String, String)>,
     /// Last error: when (RFC 3339) and what.
     pub last_error: Option<(String, String)>,
+    /// Routing keys whose backlog is over a minute at their rate limit, longest drain first;
+    /// left out of JSON when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttled: Vec<Throttled>,
+    /// Since when (RFC 3339) the running daemon holds PagerDuty for unreachable and probes;
+    /// left out of JSON when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_since: Option<String>,
 }
 
 /// One line of `queue list`.
@@ -161,7 +196,7 @@ pub struct RecordSummary {
 #[serde(tag = "answer", content = "result", rename_all = "snake_case")]
 pub enum AdminAnswer {
     /// For `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// For `list`.
     List(Vec<RecordSummary>),
     /// For `show`.
@@ -233,6 +268,7 @@ fn list_state(record: &Record, now: u64) -> ListState {
         State::Pending => ListState::Pending,
         State::Failed => ListState::Failed,
         State::Delivered => ListState::Delivered,
+        State::Superseded => ListState::Superseded,
     }
 }
 
@@ -266,7 +302,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             let report = tokio::task::spawn_blocking(move || status(&s, now))
                 .await
                 .map_err(|e| AdminError::Failed(e.to_string()))??;
-            Ok(AdminAnswer::Status(report))
+            Ok(AdminAnswer::Status(Box::new(report)))
         }
         AdminRequest::List { state, routing_key, limit } => {
             let mut out = Vec::new();
@@ -316,6 +352,16 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
                     }
                     None => return Err(AdminError::Invalid(format!("id: no event {id:?} in the queue"))),
                 },
+                RetryTarget::Waiting(key) => {
+                    let seqs: Vec<u64> = store
+                        .records()
+                        .filter_map(Result::ok)
+                        .filter(|r| list_state(r, now) == ListState::Waiting)
+                        .filter(|r| key.as_deref().is_none_or(|k| matches_key(r, k)))
+                        .map(|r| r.seq)
+                        .collect();
+                    return Ok(AdminAnswer::Changed(store.send_now(seqs).await?));
+                }
                 RetryTarget::All | RetryTarget::RoutingKey(_) => store
                     .records()
                     .filter_map(Result::ok)
@@ -334,6 +380,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             let want = match state {
                 PurgeState::Failed => State::Failed,
                 PurgeState::Delivered => State::Delivered,
+                PurgeState::Superseded => State::Superseded,
             };
             let seqs = finished_before(store, want, cutoff);
             Ok(AdminAnswer::Changed(store.remove_finished(seqs).await?))
@@ -363,6 +410,7 @@ fn status(store: &Store, now: u64) -> Result<StatusReport, StoreError> {
                 ListState::Waiting => counts.waiting += 1,
                 ListState::Failed => counts.failed += 1,
                 ListState::Delivered => counts.delivered += 1,
+                ListState::Superseded => counts.superseded += 1,
             }
         }
         if record.state == State::Pending {
@@ -376,6 +424,21 @@ fn status(store: &Store, now: u64) -> Result<StatusReport, StoreError> {
         .map(|(k, until)| (crate::event::redact_routing_key(&k), rfc3339(until)))
         .collect();
     let (success, error) = store.last_events()?;
+    let limits = store.rate_limits();
+    let mut throttled: Vec<Throttled> = store
+        .pending_by_key()
+        .into_iter()
+        .filter_map(|(rk, pending)| {
+            let limit = limits.of(&rk);
+            (limit > 0 && pending > u64::from(limit)).then(|| Throttled {
+                routing_key: crate::event::redact_routing_key(&rk),
+                pending,
+                limit_per_min: limit,
+                drains_in_s: drain_seconds(pending, limit),
+            })
+        })
+        .collect();
+    throttled.sort_by(|a, b| b.drains_in_s.cmp(&a.drains_in_s).then_with(|| a.routing_key.cmp(&b.routing_key)));
     Ok(StatusReport {
         total,
         routing_keys: per_key.into_iter().collect(),
@@ -383,7 +446,14 @@ fn status(store: &Store, now: u64) -> Result<StatusReport, StoreError> {
         paused,
         last_success: success.map(|(at, id)| (rfc3339(at), id)),
         last_error: error.map(|(at, text)| (rfc3339(at), text)),
+        throttled,
+        outage_since: store.outage_since().map(rfc3339),
     })
+}
+
+/// Seconds to send `pending` events at `limit_per_min` (not 0), rounded up.
+pub fn drain_seconds(pending: u64, limit_per_min: u32) -> u64 {
+    (pending * 60).div_ceil(u64::from(limit_per_min.max(1)))
 }
 
 /// Applies `[retention]` once: removes delivered and failed records past their keep time, and
@@ -396,6 +466,8 @@ pub async fn sweep(store: &Store, retention: &RetentionSection) -> Result<(usize
     let (remove, expire) = tokio::task::spawn_blocking(move || {
         let mut remove = finished_before(&s, State::Delivered, now.saturating_sub(r.delivered.as_millis() as u64));
         remove.extend(finished_before(&s, State::Failed, now.saturating_sub(r.failed.as_millis() as u64)));
+        let delivered_cutoff = now.saturating_sub(r.delivered.as_millis() as u64);
+        remove.extend(finished_before(&s, State::Superseded, delivered_cutoff));
         let expire: Vec<u64> = if r.max_pending_age.is_zero() {
             Vec::new()
         } else {
@@ -501,7 +573,12 @@ pub fn call(config: &Config, request: AdminRequest) -> Result<AdminAnswer, Admin
             "permission denied on {}: queue commands are for root and the pdrelay daemon's user",
             socket.display()
         ))),
-        Err(_) => direct(&config.queue_path(), socket, request),
+        Err(_) => direct(
+            &config.queue_path(),
+            socket,
+            request,
+            crate::config::RateLimits::from_section(&config.file.delivery),
+        ),
     }
 }
 
@@ -530,7 +607,12 @@ fn via_socket(stream: std::os::unix::net::UnixStream, request: &AdminRequest) ->
     }
 }
 
-fn direct(queue: &Path, socket: &Path, request: AdminRequest) -> Result<AdminAnswer, AdminError> {
+fn direct(
+    queue: &Path,
+    socket: &Path,
+    request: AdminRequest,
+    limits: crate::config::RateLimits,
+) -> Result<AdminAnswer, AdminError> {
     crate::queue::store::act_as_queue_owner(queue).map_err(|e| {
         AdminError::Failed(format!(
             "cannot act as the owner of {} (root runs queue commands as the daemon's user, so the queue stays usable by it): {e}",
@@ -545,6 +627,7 @@ fn direct(queue: &Path, socket: &Path, request: AdminRequest) -> Result<AdminAns
         )),
         other => AdminError::Failed(other.to_string()),
     })?;
+    store.set_rate_limits(limits);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -569,7 +652,13 @@ pub fn render(answer: &AdminAnswer) -> String {
                 t.pending, t.waiting, t.failed, t.delivered
             );
             let age = s.oldest_pending_age_s.map(|a| humantime::format_duration(Duration::from_secs(a)).to_string());
+            if t.superseded > 0 {
+                let _ = writeln!(out, "superseded {}", t.superseded);
+            }
             let _ = writeln!(out, "oldest pending  {}", age.as_deref().unwrap_or("-"));
+            if let Some(since) = &s.outage_since {
+                let _ = writeln!(out, "delivery        PagerDuty unreachable since {since}; probing, events wait");
+            }
             let _ = writeln!(
                 out,
                 "last success    {}",
@@ -598,6 +687,13 @@ pub fn render(answer: &AdminAnswer) -> String {
                 let _ = writeln!(out, "\nPAUSED     UNTIL");
                 for (key, until) in &s.paused {
                     let _ = writeln!(out, "{key:<10} {until}");
+                }
+            }
+            if !s.throttled.is_empty() {
+                let _ = writeln!(out, "\n{:<10} {:>9} {:>9}  DRAINS IN", "THROTTLED", "PENDING", "LIMIT/MIN");
+                for t in &s.throttled {
+                    let eta = humantime::format_duration(Duration::from_secs(t.drains_in_s));
+                    let _ = writeln!(out, "{:<10} {:>9} {:>9}  {eta}", t.routing_key, t.pending, t.limit_per_min);
                 }
             }
         }
@@ -677,4 +773,47 @@ pub fn render(answer: &AdminAnswer) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, IntakeDefaults};
+    use crate::queue::store::NewEvent;
+
+    fn trigger(rk: &str, n: usize) -> NewEvent {
+        let text = format!(
+            r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
+        );
+        NewEvent {
+            id: None,
+            intake: "socket",
+            event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_shows_throttled_keys_and_how_long_their_backlog_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let (storm, calm, fast) = ("A".repeat(32), "B".repeat(32), "C".repeat(32));
+        let mut events: Vec<NewEvent> = (0..30).map(|n| trigger(&storm, n)).collect();
+        events.extend((0..5).map(|n| trigger(&calm, n)));
+        events.extend((0..50).map(|n| trigger(&fast, n)));
+        store.insert(events).await.unwrap();
+        let mut limits = crate::config::RateLimits { default_per_min: 10, ..Default::default() };
+        limits.per_key.insert(fast.clone(), 1000);
+        store.set_rate_limits(limits);
+        let AdminAnswer::Status(report) = execute(&store, AdminRequest::Status).await.unwrap() else {
+            panic!("a status answer")
+        };
+        assert_eq!(
+            report.throttled,
+            vec![Throttled { routing_key: "AAAAAA…".into(), pending: 30, limit_per_min: 10, drains_in_s: 180 }]
+        );
+        let text = render(&AdminAnswer::Status(report));
+        assert!(text.contains("THROTTLED") && text.contains("AAAAAA…") && text.contains("3m"), "{text}");
+        assert_eq!(drain_seconds(121, 120), 61);
+        store.close();
+    }
 }

@@ -90,17 +90,22 @@ pub enum QueueCommand {
         /// Event id.
         id: String,
     },
-    /// Put failed events back to pending.
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "routing_key"])))]
+    /// Put failed events back to pending; or, with --waiting, send waiting events now.
+    #[command(group(clap::ArgGroup::new("which").args(["id", "all", "routing_key"])))]
     Retry {
         /// One event, by id.
+        #[arg(required_unless_present_any = ["all", "routing_key", "waiting"])]
         id: Option<String>,
         /// Every failed event.
         #[arg(long, short = 'a', visible_alias = "all-keys")]
         all: bool,
-        /// Failed events of this routing key.
+        /// Failed events of this routing key (with --waiting: waiting events of it).
         #[arg(long = "routing-key", short = 'k', visible_alias = "service-key")]
         routing_key: Option<String>,
+        /// Pending events waiting for a retry time are sent now, without waiting for their
+        /// timers; a 429 pause of their routing keys is lifted too. Rate limits still apply.
+        #[arg(long, conflicts_with_all = ["id", "all"])]
+        waiting: bool,
     },
     /// Rebuild a damaged queue from what can be read (daemon stopped); the damaged one is kept.
     Salvage,

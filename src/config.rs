@@ -46,6 +46,68 @@ pub struct ConfigFile {
     pub http: HttpSection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+    /// Outage probing, rate limits, stale pairs.
+    pub delivery: DeliverySection,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// After this many failures in a row that are not about one event (network errors,
+    /// timeouts, 408, 5xx) with no success between them, PagerDuty counts as unreachable: all
+    /// sending stops and one event probes every `probe_interval`. 1 to 1000.
+    pub outage_after: u32,
+    /// Time between probes while PagerDuty is unreachable, with +-20% jitter; 100ms to 10m.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Events a minute sent to one routing key at most (a sliding minute); 0 = no limit.
+    /// PagerDuty documents about 120 a minute per integration key. 0 to 1,000,000.
+    pub rate_limit: u32,
+    /// Per routing key (the full 32-character key) limits that replace `rate_limit`, e.g. for
+    /// an AIOps key allowed more.
+    pub rate_limits: std::collections::BTreeMap<String, u32>,
+    /// A trigger followed in the queue by a resolve of the same routing key and dedup key, both
+    /// undelivered, is not sent: both are kept as `superseded`. Off by default.
+    pub drop_stale_pairs: bool,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            outage_after: 3,
+            probe_interval: Duration::from_secs(5),
+            rate_limit: DEFAULT_RATE_LIMIT,
+            rate_limits: Default::default(),
+            drop_stale_pairs: false,
+        }
+    }
+}
+
+/// PagerDuty's documented limit per integration key, in events a minute.
+pub const DEFAULT_RATE_LIMIT: u32 = 120;
+/// Highest `delivery.rate_limit` accepted, in events a minute.
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+
+/// Proactive rate limits per routing key, in events a minute (0 = none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// For keys not listed.
+    pub default_per_min: u32,
+    /// By full routing key.
+    pub per_key: std::collections::HashMap<String, u32>,
+}
+
+impl RateLimits {
+    /// From a checked `[delivery]` section.
+    pub fn from_section(d: &DeliverySection) -> RateLimits {
+        RateLimits { default_per_min: d.rate_limit, per_key: d.rate_limits.clone().into_iter().collect() }
+    }
+
+    /// The limit of `routing_key`, events a minute; 0 = none.
+    pub fn of(&self, routing_key: &str) -> u32 {
+        self.per_key.get(routing_key).copied().unwrap_or(self.default_per_min)
+    }
 }
 
 /// `[metrics]`
@@ -267,6 +329,7 @@ impl Default for ConfigFile {
             queue: QueueSection::default(),
             http: HttpSection::default(),
             metrics: MetricsSection::default(),
+            delivery: DeliverySection::default(),
         }
     }
 }
@@ -531,6 +594,7 @@ impl Config {
                 file.log_level
             ));
         }
+        check_delivery(&file.delivery, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
@@ -571,6 +635,30 @@ impl Config {
 /// listener off loopback needs both TLS and an allow-list. The certificate and key files are read
 /// when the daemon starts, not here (`send` and `nagios` read this config too, as users who may
 /// not be able to read the key).
+fn check_delivery(d: &DeliverySection, problems: &mut Vec<String>) {
+    if !(1..=1000).contains(&d.outage_after) {
+        problems.push("delivery.outage_after: must be between 1 and 1000".to_owned());
+    }
+    if d.probe_interval < Duration::from_millis(100) || d.probe_interval > Duration::from_secs(600) {
+        problems.push("delivery.probe_interval: must be between 100ms and 10m".to_owned());
+    }
+    if d.rate_limit > MAX_RATE_LIMIT {
+        problems
+            .push(format!("delivery.rate_limit: must be between 0 (no limit) and {MAX_RATE_LIMIT} events a minute"));
+    }
+    for (key, limit) in &d.rate_limits {
+        if let Err(e) = RoutingKey::parse(key, "delivery.rate_limits") {
+            problems.push(format!("{e} (a key of the table is the full routing key)"));
+        }
+        if *limit > MAX_RATE_LIMIT {
+            problems.push(format!(
+                "delivery.rate_limits.{}: must be between 0 (no limit) and {MAX_RATE_LIMIT} events a minute",
+                crate::event::redact_routing_key(key)
+            ));
+        }
+    }
+}
+
 fn check_http(
     http: &HttpSection,
     problems: &mut Vec<String>,
@@ -799,6 +887,7 @@ mod tests {
             ("nagios", vec!["notification_types", "severity", "resolve_on_flapping_stop"]),
             ("queue", vec!["max_pending", "min_free_bytes", "dispatch_window"]),
             ("metrics", vec!["listen", "textfile", "textfile_interval"]),
+            ("delivery", vec!["outage_after", "probe_interval", "rate_limit", "rate_limits", "drop_stale_pairs"]),
             ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
         ] {
             for key in keys {
@@ -866,6 +955,30 @@ mod tests {
         assert_eq!(Config::from_toml("[queue]\ndispatch_window = 5\n").unwrap().file.queue.dispatch_window, 5);
         let err = Config::from_toml("[queue]\ndispatch_window = 0\n").unwrap_err().to_string();
         assert_eq!(err, "queue.dispatch_window: must be between 1 and 1000000 (got 0)");
+    }
+
+    #[test]
+    fn delivery_defaults_and_ranges() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.file.delivery.rate_limit, 120);
+        assert_eq!(c.file.delivery.probe_interval, Duration::from_secs(5));
+        assert_eq!(c.file.delivery.outage_after, 3);
+        assert!(!c.file.delivery.drop_stale_pairs);
+        let key = "R0000000000000000000000000000001";
+        let c =
+            Config::from_toml(&format!("[delivery]\nrate_limit = 0\n[delivery.rate_limits]\n{key} = 10000\n")).unwrap();
+        let limits = RateLimits::from_section(&c.file.delivery);
+        assert_eq!((limits.of(key), limits.of("R0000000000000000000000000000002")), (10_000, 0));
+        let err = Config::from_toml(
+            "[delivery]\noutage_after = 0\nprobe_interval = \"10ms\"\nrate_limit = 2000000\n[delivery.rate_limits]\nshort = 5\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems } = err else { panic!("expected Invalid") };
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.starts_with("delivery.") || p.contains("delivery.rate_limits")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -157,7 +157,12 @@ async fn serve(
         heartbeat: watchdog.map(|w| w / 4),
         heartbeat_ms: Default::default(),
         metrics: Some(metrics.clone()),
+        outage_after: file.delivery.outage_after,
+        probe_interval: file.delivery.probe_interval,
+        rate_limits: crate::config::RateLimits::from_section(&file.delivery),
+        drop_stale_pairs: file.delivery.drop_stale_pairs,
     };
+    store.set_rate_limits(settings.rate_limits.clone());
     let heartbeat_ms = settings.heartbeat_ms.clone();
     let mut delivery_shutdown = shutdown.clone();
     let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));

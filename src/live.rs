@@ -67,6 +67,9 @@ pub fn restart_needed(old: &ConfigFile, new: &ConfigFile) -> Vec<&'static str> {
     if differs(&old.metrics, &new.metrics) {
         keys.push("[metrics]");
     }
+    if differs(&old.delivery, &new.delivery) {
+        keys.push("[delivery]");
+    }
     if differs(&old.retention, &new.retention) {
         keys.push("[retention]");
     }

@@ -66,8 +66,9 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool, pdagent_output:
         }
         QueueCommand::List { state, routing_key, limit } => AdminRequest::List { state, routing_key, limit },
         QueueCommand::Show { id } => AdminRequest::Show { id },
-        QueueCommand::Retry { id, all, routing_key } => AdminRequest::Retry {
+        QueueCommand::Retry { id, all, routing_key, waiting } => AdminRequest::Retry {
             target: match (id, all, routing_key) {
+                (_, _, key) if waiting => RetryTarget::Waiting(key),
                 (Some(id), _, _) => RetryTarget::Id(id),
                 (_, _, Some(key)) => RetryTarget::RoutingKey(key),
                 _ => RetryTarget::All,

@@ -8,9 +8,12 @@
 //! | `pdrelay_deliveries_total` | counter | `outcome`: delivered, failed, retry; `status`: HTTP code or `none` |
 //! | `pdrelay_delivery_duration_seconds` | histogram | time of one attempt, from sending to the whole answer |
 //! | `pdrelay_queue_pending_events` | gauge | pending events (including those waiting for a retry) |
-//! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept) |
+//! | `pdrelay_queue_events` | gauge | `state`: pending (sendable now), waiting (a line held by a retry time or a pause), failed, delivered (kept), superseded (kept) |
 //! | `pdrelay_paused_routing_keys` | gauge | routing keys paused by 429 / v1 403 |
 //! | `pdrelay_oldest_pending_age_seconds` | gauge | age of the oldest pending event |
+//! | `pdrelay_delivery_outage` | gauge | 1 while PagerDuty is held for unreachable (probing), else 0 |
+//! | `pdrelay_throttled_routing_keys` | gauge | routing keys whose backlog is over a minute at their rate limit |
+//! | `pdrelay_throttled_backlog_seconds` | gauge | `routing_key` (first 6 characters): time to drain a throttled key's backlog at its limit |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,13 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of `pdrelay_throttled_backlog_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The routing key, redacted (first 6 characters).
+    pub routing_key: String,
+}
+
 /// Labels of `pdrelay_intake_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntakeLabels {
@@ -65,6 +75,9 @@ pub struct Metrics {
     pub waiting: Gauge,
     paused: Gauge,
     oldest_age: Gauge,
+    outage: Gauge,
+    throttled: Gauge,
+    backlog: Family<KeyLabels, Gauge>,
 }
 
 impl Metrics {
@@ -88,7 +101,33 @@ impl Metrics {
         registry.register("queue_events", "Queued events by state", by_state.clone());
         registry.register("paused_routing_keys", "Routing keys paused by a 429 (or v1 403)", paused.clone());
         registry.register("oldest_pending_age_seconds", "Age of the oldest pending event", oldest_age.clone());
-        Arc::new(Metrics { registry, intake, deliveries, duration, pending, by_state, waiting, paused, oldest_age })
+        let (outage, throttled) = (Gauge::default(), Gauge::default());
+        let backlog = Family::<KeyLabels, Gauge>::default();
+        registry.register("delivery_outage", "1 while PagerDuty is held for unreachable and probed", outage.clone());
+        registry.register(
+            "throttled_routing_keys",
+            "Routing keys whose pending backlog is over a minute at their rate limit",
+            throttled.clone(),
+        );
+        registry.register(
+            "throttled_backlog_seconds",
+            "Time to drain a throttled routing key's backlog at its rate limit",
+            backlog.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            intake,
+            deliveries,
+            duration,
+            pending,
+            by_state,
+            waiting,
+            paused,
+            oldest_age,
+            outage,
+            throttled,
+            backlog,
+        })
     }
 
     /// Counts one attempt.
@@ -110,6 +149,7 @@ impl Metrics {
             ("waiting", waiting),
             ("failed", failed as i64),
             ("delivered", delivered as i64),
+            ("superseded", store.superseded_count() as i64),
         ] {
             self.by_state.get_or_create(&StateLabels { state: state.to_owned() }).set(n);
         }
@@ -123,6 +163,19 @@ impl Metrics {
             .and_then(|seq| store.get(seq).ok().flatten())
             .map(|r| now.saturating_sub(r.accepted_at_ms) / 1000);
         self.oldest_age.set(oldest.unwrap_or(0) as i64);
+        self.outage.set(i64::from(store.outage_since().is_some()));
+        let limits = store.rate_limits();
+        self.backlog.clear();
+        let mut throttled = 0;
+        for (rk, n) in store.pending_by_key() {
+            let limit = limits.of(&rk);
+            if limit > 0 && n > u64::from(limit) {
+                throttled += 1;
+                let labels = KeyLabels { routing_key: crate::event::redact_routing_key(&rk) };
+                self.backlog.get_or_create(&labels).set(crate::admin::drain_seconds(n, limit) as i64);
+            }
+        }
+        self.throttled.set(throttled);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -192,4 +245,36 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.write_all(bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, IntakeDefaults};
+    use crate::queue::store::NewEvent;
+
+    #[tokio::test]
+    async fn throttled_keys_and_their_backlog_time_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let events = (0..250)
+            .map(|n| {
+                let rk = if n < 240 { "A".repeat(32) } else { "B".repeat(32) };
+                let text = format!(
+                    r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
+                );
+                NewEvent { id: None, intake: "socket", event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap() }
+            })
+            .collect();
+        store.insert(events).await.unwrap();
+        store.set_outage(Some(now_ms()));
+        let text = Metrics::new().render(&store);
+        assert!(text.contains("pdrelay_throttled_routing_keys 1\n"), "{text}");
+        assert!(text.contains("pdrelay_throttled_backlog_seconds{routing_key=\"AAAAAA…\"} 120\n"), "{text}");
+        assert!(!text.contains("BBBBBB"), "a key under its limit is not listed: {text}");
+        assert!(text.contains("pdrelay_delivery_outage 1\n"), "{text}");
+        store.set_outage(None);
+        assert!(Metrics::new().render(&store).contains("pdrelay_delivery_outage 0\n"));
+        store.close();
+    }
 }

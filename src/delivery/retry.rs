@@ -58,6 +58,29 @@ pub fn classify(kind: EventKind, attempt: &Attempt) -> Decision {
     }
 }
 
+/// Whether an answer (its HTTP status; `None` when there was none: network error, timeout) says
+/// PagerDuty or the path to it is in trouble, rather than something about one event or one
+/// routing key: no answer, 408 or 5xx. Such failures count towards an outage; every other
+/// answer proves PagerDuty reachable.
+pub fn systemic(status: Option<u16>) -> bool {
+    matches!(status, None | Some(408) | Some(500..=599))
+}
+
+/// Time to the next probe while PagerDuty is unreachable: `interval` with +-20% jitter drawn by
+/// the backoff crate, so that a fleet of hosts does not probe in step.
+pub fn probe_delay(interval: Duration) -> Duration {
+    let mut backoff = backoff::ExponentialBackoff {
+        current_interval: interval,
+        initial_interval: interval,
+        randomization_factor: 0.2,
+        multiplier: 1.0,
+        max_interval: interval,
+        max_elapsed_time: None,
+        ..backoff::ExponentialBackoff::default()
+    };
+    backoff.next_backoff().unwrap_or(interval)
+}
+
 /// Delay before attempt number `attempts + 1`, after `attempts` failed ones (at least 1):
 /// exponential from `initial_interval` by `multiplier`, capped at `max_interval`, with jitter of
 /// `randomization_factor` drawn by the backoff crate. A `Retry-After` wins, capped at
@@ -139,6 +162,23 @@ mod tests {
         assert!(matches!(t, Decision::Retry { pause_routing_key: false, .. }));
         let t = classify(Alert, &Attempt::Transport { message: "x".into(), timeout: true });
         assert!(matches!(t, Decision::Retry { ref reason, .. } if reason.starts_with("timed out")));
+    }
+
+    #[test]
+    fn systemic_failures_and_probe_jitter() {
+        for status in [None, Some(408), Some(500), Some(502), Some(503), Some(599)] {
+            assert!(systemic(status), "{status:?}");
+        }
+        for status in [Some(202), Some(400), Some(403), Some(404), Some(429)] {
+            assert!(!systemic(status), "{status:?}");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let d = probe_delay(Duration::from_secs(5)).as_secs_f64();
+            assert!((4.0..=6.0).contains(&d), "{d}");
+            seen.insert((d * 1000.0) as u64);
+        }
+        assert!(seen.len() > 10, "probe delays are jittered: {seen:?}");
     }
 
     #[test]

@@ -329,12 +329,14 @@ fn key_matches(row: &str, key: &str) -> bool {
 pub fn filter_status(report: &mut StatusReport, key: &str) {
     report.routing_keys.retain(|(row, _)| key_matches(row, key));
     report.paused.retain(|(row, _)| key_matches(row, key));
+    report.throttled.retain(|t| key_matches(&t.routing_key, key));
     let mut total = Counts::default();
     for (_, c) in &report.routing_keys {
         total.pending += c.pending;
         total.waiting += c.waiting;
         total.failed += c.failed;
         total.delivered += c.delivered;
+        total.superseded += c.superseded;
     }
     report.total = total;
 }
@@ -552,7 +554,7 @@ mod tests {
     }
 
     fn report() -> StatusReport {
-        let c = |pending, waiting, failed, delivered| Counts { pending, waiting, failed, delivered };
+        let c = |pending, waiting, failed, delivered| Counts { pending, waiting, failed, delivered, superseded: 0 };
         StatusReport {
             total: c(3, 1, 1, 7),
             routing_keys: vec![("R00000…".into(), c(1, 1, 0, 5)), ("Xabcde…".into(), c(2, 0, 1, 2))],
@@ -560,6 +562,8 @@ mod tests {
             paused: vec![("Xabcde…".into(), "2026-01-01T00:00:00Z".into())],
             last_success: None,
             last_error: None,
+            throttled: vec![],
+            outage_since: None,
         }
     }
 
@@ -568,7 +572,7 @@ mod tests {
         let mut r = report();
         filter_status(&mut r, "Xabcdef0000000000000000000000000");
         assert_eq!(r.routing_keys.len(), 1);
-        assert_eq!(r.total, Counts { pending: 2, waiting: 0, failed: 1, delivered: 2 });
+        assert_eq!(r.total, Counts { pending: 2, waiting: 0, failed: 1, delivered: 2, superseded: 0 });
         assert_eq!(r.paused.len(), 1);
         for (key, rows) in [("R0", 1), ("R00000…", 1), ("", 2), ("Q", 0), ("R00001", 0), ("R000001", 1)] {
             let mut r = report();

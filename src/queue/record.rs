@@ -15,6 +15,9 @@ pub enum State {
     Delivered,
     /// PagerDuty refused it (400 or another 4xx that is not retried); `errors` says why.
     Failed,
+    /// Not sent: a later resolve of the same routing and dedup key made it moot while both were
+    /// undelivered (`delivery.drop_stale_pairs`); `last_error` names the resolve.
+    Superseded,
 }
 
 impl State {
@@ -24,6 +27,7 @@ impl State {
             State::Pending => "pending",
             State::Delivered => "delivered",
             State::Failed => "failed",
+            State::Superseded => "superseded",
         }
     }
 }

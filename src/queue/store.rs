@@ -372,6 +372,11 @@ pub enum Outcome {
         /// Pause the event's whole routing key until then (429, v1 403).
         pause_routing_key: bool,
     },
+    /// Not sent: made moot by a later resolve (`delivery.drop_stale_pairs`). Not an attempt.
+    Superseded {
+        /// Id of the resolve that supersedes it.
+        by: String,
+    },
 }
 
 /// A pending event as the dispatcher needs it: no body.
@@ -393,6 +398,9 @@ enum Op {
     },
     /// Failed events back to pending.
     Retry(Vec<u64>),
+    /// Waiting events (pending with a retry time ahead) made sendable now, and their routing
+    /// keys' pauses lifted.
+    SendNow(Vec<u64>),
     /// Pending events that reached the maximum age: to failed, reason "expired".
     Expire(Vec<u64>),
     /// Delivered or failed records removed for good (pending ones are never removed).
@@ -471,6 +479,16 @@ struct Inner {
     scanned: AtomicU64,
     /// Where to count stored events, once the daemon sets it.
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// Superseded records kept now.
+    superseded: AtomicU64,
+    /// Pending events per routing key (full key), kept by the committer.
+    pending_by_key: Mutex<HashMap<String, u64>>,
+    /// Set by a send-now request until the dispatcher takes it.
+    send_now: std::sync::atomic::AtomicBool,
+    /// The proactive rate limits, for status and metrics (set by the daemon).
+    rate_limits: Mutex<crate::config::RateLimits>,
+    /// Since when (ms since the epoch) the dispatcher holds PagerDuty for unreachable; 0: not.
+    outage_since: AtomicU64,
 }
 
 /// A sequence number below which no record is pending, so that scans for pending events skip
@@ -651,26 +669,52 @@ impl Store {
             low_water: Mutex::new(LowWater::default()),
             scanned: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
+            superseded: AtomicU64::new(0),
+            pending_by_key: Mutex::new(HashMap::new()),
+            send_now: std::sync::atomic::AtomicBool::new(false),
+            outage_since: AtomicU64::new(0),
+            rate_limits: Mutex::new(crate::config::RateLimits {
+                default_per_min: crate::config::DEFAULT_RATE_LIMIT,
+                ..Default::default()
+            }),
         });
         remove_legacy_pending_index(&inner.tree)?;
-        let (mut pending, mut failed, mut delivered) = (0, 0, 0);
+        let (mut pending, mut failed, mut delivered, mut superseded) = (0, 0, 0, 0);
         let mut lowest_pending = None;
+        let mut by_key: HashMap<String, u64> = HashMap::new();
         for item in inner.tree.scan_prefix([b'e']) {
             #[derive(serde::Deserialize)]
             struct StateOnly {
                 state: State,
+                event: EventKeys,
+            }
+            #[derive(serde::Deserialize)]
+            struct EventKeys {
+                body: BodyKeys,
+            }
+            #[derive(serde::Deserialize)]
+            struct BodyKeys {
+                #[serde(default)]
+                routing_key: Option<String>,
+                #[serde(default)]
+                service_key: Option<String>,
             }
             let (k, v) = item?;
-            match serde_json::from_slice::<StateOnly>(&v).map(|r| r.state) {
-                Ok(State::Pending) => {
+            match serde_json::from_slice::<StateOnly>(&v) {
+                Ok(StateOnly { state: State::Pending, event }) => {
                     pending += 1;
                     lowest_pending.get_or_insert(seq_of(&k));
+                    let rk = event.body.routing_key.or(event.body.service_key).unwrap_or_default();
+                    *by_key.entry(rk).or_insert(0) += 1;
                 }
-                Ok(State::Failed) => failed += 1,
-                Ok(State::Delivered) => delivered += 1,
+                Ok(StateOnly { state: State::Failed, .. }) => failed += 1,
+                Ok(StateOnly { state: State::Delivered, .. }) => delivered += 1,
+                Ok(StateOnly { state: State::Superseded, .. }) => superseded += 1,
                 Err(_) => {}
             }
         }
+        *inner.pending_by_key.lock().expect("pending by key lock") = by_key;
+        inner.superseded.store(superseded, Ordering::SeqCst);
         inner.low_water.lock().expect("low water lock").seq = lowest_pending.unwrap_or(next_seq);
         inner.pending.store(pending, Ordering::SeqCst);
         inner.failed.store(failed, Ordering::SeqCst);
@@ -713,7 +757,7 @@ impl Store {
                                 Some(b'e') => match Record::decode(&v).map(|r| r.state) {
                                     Ok(State::Pending) => report.pending += 1,
                                     Ok(State::Failed) => report.failed += 1,
-                                    Ok(State::Delivered) => report.delivered += 1,
+                                    Ok(State::Delivered | State::Superseded) => report.delivered += 1,
                                     Err(_) => {}
                                 },
                                 Some(b'a') => report.alerts += 1,
@@ -868,6 +912,49 @@ impl Store {
     /// Forgets resolved alerts whose resolve was delivered before `before_ms`.
     pub async fn forget_resolved(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.changed(Op::ForgetResolved(before_ms)).await
+    }
+
+    /// Waiting events (pending, retry time ahead) made sendable now and their routing keys'
+    /// pauses lifted (`queue retry --waiting`). Returns how many changed.
+    pub async fn send_now(&self, seqs: Vec<u64>) -> Result<usize, StoreError> {
+        self.changed(Op::SendNow(seqs)).await
+    }
+
+    /// Whether a send-now was recorded since the last call (for the dispatcher: it then reads
+    /// the pauses again and tries its waiting lines).
+    pub fn take_send_now(&self) -> bool {
+        self.inner.send_now.swap(false, Ordering::SeqCst)
+    }
+
+    /// Pending events per routing key (full keys; never log them whole).
+    pub fn pending_by_key(&self) -> HashMap<String, u64> {
+        self.inner.pending_by_key.lock().expect("pending by key lock").clone()
+    }
+
+    /// Superseded records kept now.
+    pub fn superseded_count(&self) -> u64 {
+        self.inner.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Sets the proactive rate limits that status and metrics report against.
+    pub fn set_rate_limits(&self, limits: crate::config::RateLimits) {
+        *self.inner.rate_limits.lock().expect("rate limits lock") = limits;
+    }
+
+    /// Records (for status and metrics) that PagerDuty is held for unreachable since `since_ms`
+    /// (ms since the epoch), or no longer (`None`). Not stored on disk.
+    pub fn set_outage(&self, since_ms: Option<u64>) {
+        self.inner.outage_since.store(since_ms.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// See [`Store::set_outage`].
+    pub fn outage_since(&self) -> Option<u64> {
+        Some(self.inner.outage_since.load(Ordering::SeqCst)).filter(|&ms| ms > 0)
+    }
+
+    /// The proactive rate limits (PagerDuty's default until set).
+    pub fn rate_limits(&self) -> crate::config::RateLimits {
+        self.inner.rate_limits.lock().expect("rate limits lock").clone()
     }
 
     /// Takes the events `queue retry` put back to pending since the last call.
@@ -1176,7 +1263,9 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
         let limits = *inner.limits.lock().expect("limits lock");
         let mut room: Option<Result<u64, StoreError>> = None;
         let mut pending_delta: i64 = 0;
-        let (mut failed_delta, mut delivered_delta): (i64, i64) = (0, 0);
+        let (mut failed_delta, mut delivered_delta, mut superseded_delta): (i64, i64, i64) = (0, 0, 0);
+        let mut key_deltas: HashMap<String, i64> = HashMap::new();
+        let mut send_now = false;
         for req in group {
             let result = match req.op {
                 Op::Insert(events) => {
@@ -1194,6 +1283,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                                 &alerts,
                                 &mut stored,
                                 &mut by_source,
+                                &mut key_deltas,
                             );
                             *n = n.saturating_sub(stored);
                             pending_delta += stored as i64;
@@ -1211,13 +1301,21 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                 Op::Outcome { seq, outcome } => {
                     let finishes = !matches!(outcome, Outcome::Retry { .. });
                     let delivered = matches!(outcome, Outcome::Delivered { .. });
+                    let superseded = matches!(outcome, Outcome::Superseded { .. });
                     let result = prepare_outcome(inner, seq, outcome, &mut batch, &mut written, &mut alerts);
-                    if matches!(result, Ok(true)) && finishes {
-                        pending_delta -= 1;
-                        if delivered {
-                            delivered_delta += 1;
-                        } else {
-                            failed_delta += 1;
+                    if finishes {
+                        if let Ok(true) = result {
+                            pending_delta -= 1;
+                            if delivered {
+                                delivered_delta += 1;
+                            } else if superseded {
+                                superseded_delta += 1;
+                            } else {
+                                failed_delta += 1;
+                            }
+                            if let Some(r) = written.get(&seq) {
+                                *key_deltas.entry(r.event.routing_key().as_str().to_owned()).or_insert(0) -= 1;
+                            }
                         }
                     }
                     result.map(|_| Reply::Done)
@@ -1228,6 +1326,20 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         requeued.extend(entries.iter().cloned());
                         pending_delta += entries.len() as i64;
                         failed_delta -= entries.len() as i64;
+                        for e in entries {
+                            *key_deltas.entry(e.routing_key.clone()).or_insert(0) += 1;
+                        }
+                    }
+                    changed.map(|e| Reply::Changed(e.len()))
+                }
+                Op::SendNow(seqs) => {
+                    let changed = prepare_admin(inner, &seqs, AdminChange::SendNow, &mut batch, &mut written);
+                    if let Ok(entries) = &changed {
+                        let keys: HashSet<&str> = entries.iter().map(|e| e.routing_key.as_str()).collect();
+                        for rk in keys {
+                            batch.remove(pause_key(rk));
+                        }
+                        send_now |= !entries.is_empty();
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
@@ -1236,6 +1348,9 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     if let Ok(entries) = &changed {
                         pending_delta -= entries.len() as i64;
                         failed_delta += entries.len() as i64;
+                        for e in entries {
+                            *key_deltas.entry(e.routing_key.clone()).or_insert(0) -= 1;
+                        }
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
@@ -1246,6 +1361,8 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         for e in entries {
                             if e.routing_key == State::Delivered.as_str() {
                                 delivered_delta -= 1;
+                            } else if e.routing_key == State::Superseded.as_str() {
+                                superseded_delta -= 1;
                             } else {
                                 failed_delta -= 1;
                             }
@@ -1285,6 +1402,21 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
             add(&inner.pending, pending_delta);
             add(&inner.failed, failed_delta);
             add(&inner.delivered, delivered_delta);
+            add(&inner.superseded, superseded_delta);
+            if !key_deltas.is_empty() {
+                let mut by_key = inner.pending_by_key.lock().expect("pending by key lock");
+                for (rk, delta) in key_deltas {
+                    let n = by_key.entry(rk).or_insert(0);
+                    *n = n.saturating_add_signed(delta);
+                    if *n == 0 {
+                        // Dropped below: removing the zero entry keeps the map to keys with work.
+                    }
+                }
+                by_key.retain(|_, n| *n > 0);
+            }
+            if send_now {
+                inner.send_now.store(true, Ordering::SeqCst);
+            }
         }
         for (reply, result) in replies {
             let result = match &committed {
@@ -1296,7 +1428,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
         if committed.is_ok() && !requeued.is_empty() {
             inner.requeued.lock().expect("requeued lock").append(&mut requeued);
         }
-        if (inserted_any || !requeued.is_empty() || inner.has_requeued()) && committed.is_ok() {
+        if (inserted_any || send_now || !requeued.is_empty() || inner.has_requeued()) && committed.is_ok() {
             inner.queued.notify_one();
         }
     }
@@ -1323,6 +1455,7 @@ fn intake_room(inner: &Inner, limits: &Limits) -> Result<u64, StoreError> {
     Ok(limits.max_pending.saturating_sub(inner.pending.load(Ordering::SeqCst)))
 }
 
+#[allow(clippy::too_many_arguments)] // one commit's running tallies, passed by the committer
 fn prepare_insert(
     inner: &Inner,
     events: Vec<NewEvent>,
@@ -1331,6 +1464,7 @@ fn prepare_insert(
     alerts: &HashMap<Vec<u8>, AlertState>,
     stored: &mut u64,
     by_source: &mut HashMap<&'static str, u64>,
+    key_deltas: &mut HashMap<String, i64>,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
@@ -1352,7 +1486,7 @@ fn prepare_insert(
                     Some(bytes) => Record::decode(&bytes).ok(),
                     None => None,
                 };
-                if let Some(earlier) = earlier.filter(|r| r.event == new.event) {
+                if let Some(earlier) = earlier.filter(|r| same_event(&r.event, &new.event)) {
                     // The same event handed over again (a file read twice): stored once.
                     accepted.push(Accepted {
                         id: id.clone(),
@@ -1369,9 +1503,12 @@ fn prepare_insert(
         let seq = inner.next_seq.fetch_add(1, Ordering::SeqCst);
         let chosen = new.id.is_some();
         let id = new.id.unwrap_or_else(|| generated_id(seq, now));
-        let record = Record::pending(id.clone(), seq, now, new.intake, new.event);
+        let mut event = new.event;
+        stamp_trigger(&mut event, now);
+        let record = Record::pending(id.clone(), seq, now, new.intake, event);
         batch.insert(&key(b'e', seq), record.encode());
         *stored += 1;
+        *key_deltas.entry(record.event.routing_key().as_str().to_owned()).or_insert(0) += 1;
         *by_source.entry(new.intake).or_insert(0) += 1;
         let a = Accepted { id, seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         if chosen {
@@ -1382,6 +1519,49 @@ fn prepare_insert(
         accepted.push(a);
     }
     Ok(accepted)
+}
+
+/// Gives a v2 trigger without `payload.timestamp` the acceptance time `now_ms` (RFC 3339, UTC,
+/// milliseconds), so that an alert delivered late still shows when it happened. Other events
+/// are left as they are.
+fn stamp_trigger(event: &mut Event, now_ms: u64) {
+    if let Event::Alert(alert) = event {
+        if alert.event_action == EventAction::Trigger {
+            if let Some(payload) = alert.payload.as_mut().filter(|p| p.timestamp.is_none()) {
+                payload.timestamp = Some(rfc3339_ms(now_ms));
+            }
+        }
+    }
+}
+
+/// RFC 3339 in UTC, to the millisecond (trailing zeros of the fraction dropped), e.g.
+/// `2026-12-01T23:04:05.123Z`.
+fn rfc3339_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Whether a stored event is the one handed over again: equal, or equal once the new one gets
+/// the timestamp that acceptance gave the stored one.
+fn same_event(stored: &Event, new: &Event) -> bool {
+    if stored == new {
+        return true;
+    }
+    match (stored, new) {
+        (Event::Alert(s), Event::Alert(n)) => {
+            let (Some(sp), Some(np)) = (&s.payload, &n.payload) else { return false };
+            if np.timestamp.is_some() || sp.timestamp.is_none() {
+                return false;
+            }
+            let mut filled = n.clone();
+            if let Some(p) = filled.payload.as_mut() {
+                p.timestamp = sp.timestamp.clone();
+            }
+            *s == filled
+        }
+        _ => false,
+    }
 }
 
 /// The open alert a trigger repeats (same routing key, dedup key and summary, last delivered
@@ -1438,6 +1618,16 @@ fn prepare_outcome(
         written.insert(seq, record);
         return Ok(false);
     }
+    if let Outcome::Superseded { by } = &outcome {
+        record.state = State::Superseded;
+        record.next_attempt_at_ms = None;
+        record.last_error = Some(format!("superseded by the later resolve {by}; not sent"));
+        // Its finish time, for retention.
+        record.last_attempt_at_ms = Some(now);
+        batch.insert(&key(b'e', seq), record.encode());
+        written.insert(seq, record);
+        return Ok(true);
+    }
     record.attempts += 1;
     record.last_attempt_at_ms = Some(now);
     let meta = |name: &[u8], text: String| (meta_key(name), serde_json::to_vec(&(now, text)).expect("meta encodes"));
@@ -1467,6 +1657,7 @@ fn prepare_outcome(
             let (k, v) = meta(b"last_error", format!("{}: {reason}", record.id));
             batch.insert(k, v);
         }
+        Outcome::Superseded { .. } => {}
     }
     match outcome {
         Outcome::Delivered { status } => {
@@ -1490,6 +1681,7 @@ fn prepare_outcome(
                 batch.insert(pause_key(record.event.routing_key().as_str()), &next_attempt_at_ms.to_be_bytes());
             }
         }
+        Outcome::Superseded { .. } => unreachable!("handled above"),
     }
     batch.insert(&key(b'e', seq), record.encode());
     written.insert(seq, record);
@@ -1499,6 +1691,7 @@ fn prepare_outcome(
 #[derive(Clone, Copy)]
 enum AdminChange {
     Retry,
+    SendNow,
     Expire,
     Remove,
 }
@@ -1532,13 +1725,17 @@ fn prepare_admin(
                 w.seq = w.seq.min(seq);
                 w.lowered += 1;
             }
+            (AdminChange::SendNow, State::Pending) if record.next_attempt_at_ms.is_some() => {
+                record.next_attempt_at_ms = None;
+                changed.push(PendingEntry::of(seq, &record.event));
+            }
             (AdminChange::Expire, State::Pending) => {
                 record.state = State::Failed;
                 record.next_attempt_at_ms = None;
                 record.last_error = Some("expired".to_owned());
-                changed.push(PendingEntry { seq, routing_key: String::new(), dedup_key: None });
+                changed.push(PendingEntry::of(seq, &record.event));
             }
-            (AdminChange::Remove, State::Delivered | State::Failed) => {
+            (AdminChange::Remove, State::Delivered | State::Failed | State::Superseded) => {
                 batch.remove(&key(b'e', seq));
                 if generated_seq(&record.id) != Some(seq) {
                     batch.remove(id_key(&record.id));
@@ -1738,6 +1935,88 @@ mod tests {
         assert_eq!(reopened.inner.tree.scan_prefix([b'p']).count(), 0);
         assert_eq!(reopened.pending_count(), 1);
         assert_eq!(reopened.pending_from(0, 10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn triggers_without_a_timestamp_get_the_acceptance_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let rk = "r".repeat(32);
+        let parse = |text: String| Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap();
+        let given = parse(format!(
+            r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"t","payload":{{"summary":"s","source":"h","severity":"info","timestamp":"2020-01-02T03:04:05Z"}}}}"#
+        ));
+        let resolve = parse(format!(r#"{{"routing_key":"{rk}","event_action":"resolve","dedup_key":"a"}}"#));
+        let before = now_ms();
+        let a = store
+            .insert(vec![
+                NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") },
+                NewEvent { id: None, intake: "socket", event: given.clone() },
+                NewEvent { id: None, intake: "socket", event: resolve.clone() },
+            ])
+            .await
+            .unwrap();
+        let after = now_ms();
+        let stamped = store.get(a[0].seq).unwrap().unwrap();
+        let Event::Alert(alert) = &stamped.event else { panic!("an alert") };
+        let ts = alert.payload.as_ref().unwrap().timestamp.clone().expect("a timestamp was filled in");
+        let parsed = time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).unwrap();
+        let ms = (parsed.unix_timestamp_nanos() / 1_000_000) as u64;
+        assert!((before..=after).contains(&ms), "{ts} not within the insert");
+        assert_eq!(ms, stamped.accepted_at_ms, "the timestamp is the acceptance time");
+        assert!(ts.ends_with('Z'), "{ts}");
+        crate::event::check_timestamp(&ts, "payload.timestamp").unwrap();
+        // A producer's timestamp stays; events that are not triggers are not touched.
+        assert_eq!(store.get(a[1].seq).unwrap().unwrap().event, given);
+        assert_eq!(store.get(a[2].seq).unwrap().unwrap().event, resolve);
+        // The same file read again is still the same event, stored once.
+        let again = store
+            .insert(vec![NewEvent { id: Some("file-a".into()), intake: "spool", event: event("a") }])
+            .await
+            .unwrap();
+        assert_eq!(again[0], a[0]);
+        assert_eq!(store.pending_count(), 3);
+        assert_eq!(store.pending_by_key().get(&rk), Some(&3));
+    }
+
+    #[tokio::test]
+    async fn send_now_clears_retry_times_and_pauses_and_superseded_records_leave_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        let rk = "r".repeat(32);
+        let a = store
+            .insert(vec![
+                NewEvent { id: None, intake: "socket", event: event("a") },
+                NewEvent { id: None, intake: "socket", event: event("b") },
+            ])
+            .await
+            .unwrap();
+        let far = now_ms() + 3_600_000;
+        let retry = Outcome::Retry {
+            status: Some(429),
+            reason: "429".into(),
+            next_attempt_at_ms: far,
+            pause_routing_key: true,
+        };
+        store.record_outcome(a[0].seq, retry).await.unwrap();
+        assert!(!store.take_send_now());
+        assert_eq!(store.send_now(vec![a[0].seq, a[1].seq]).await.unwrap(), 1, "only the waiting one changes");
+        assert!(store.take_send_now());
+        assert!(!store.take_send_now(), "taken once");
+        let record = store.get(a[0].seq).unwrap().unwrap();
+        assert_eq!((record.next_attempt_at_ms, record.attempts), (None, 1));
+        assert!(store.pauses().unwrap().is_empty(), "the key's pause is lifted");
+        store.record_outcome(a[1].seq, Outcome::Superseded { by: "r1".into() }).await.unwrap();
+        let superseded = store.get(a[1].seq).unwrap().unwrap();
+        assert_eq!((superseded.state, superseded.attempts), (State::Superseded, 0));
+        assert!(superseded.last_error.unwrap().contains("r1"));
+        assert_eq!((store.pending_count(), store.superseded_count()), (1, 1));
+        assert_eq!(store.pending_by_key().get(&rk), Some(&1));
+        store.close();
+        drop(store);
+        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!((reopened.pending_count(), reopened.superseded_count()), (1, 1));
+        assert_eq!(reopened.pending_by_key().get(&rk), Some(&1));
     }
 
     #[test]

@@ -65,6 +65,13 @@ struct State {
     print: bool,
     /// Answer 429 with this Retry-After (seconds) until this instant (benchmarks).
     throttle: Option<(Instant, u64)>,
+    /// PagerDuty's rate limit per routing key: at most this many events in any window of this
+    /// length; more get 429 (no Retry-After, as PagerDuty's Events API).
+    rate_limit: Option<(usize, Duration)>,
+    /// Arrival times of the events counted against the limit, per routing key.
+    arrivals: std::collections::HashMap<String, VecDeque<Instant>>,
+    /// 429s the rate limit answered, per routing key.
+    limited: std::collections::HashMap<String, u64>,
 }
 
 /// Handle on a running fake.
@@ -139,6 +146,17 @@ impl FakeApi {
         self.state.lock().unwrap().throttle = Some((until, retry_after_s));
     }
 
+    /// Enforces a rate limit per routing key as PagerDuty does: at most `events` in any window
+    /// of `window` (a sliding window over arrival times); a request over it gets 429.
+    pub fn enforce_rate_limit(&self, events: usize, window: Duration) {
+        self.state.lock().unwrap().rate_limit = Some((events, window));
+    }
+
+    /// 429s answered by the enforced rate limit, per routing key.
+    pub fn rate_limited(&self) -> std::collections::HashMap<String, u64> {
+        self.state.lock().unwrap().limited.clone()
+    }
+
     /// While down, every request gets 503.
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
@@ -195,6 +213,18 @@ fn take_fault(state: &mut State, routing_key: Option<&str>) -> Option<Fault> {
     let pos = state.faults.iter().position(|(filter, _)| filter.is_none() || filter.as_deref() == routing_key);
     if let Some(i) = pos {
         return state.faults.remove(i).map(|(_, f)| f);
+    }
+    if let (Some((events, window)), Some(rk)) = (state.rate_limit, routing_key) {
+        let now = Instant::now();
+        let seen = state.arrivals.entry(rk.to_owned()).or_default();
+        while seen.front().is_some_and(|&at| now.duration_since(at) >= window) {
+            seen.pop_front();
+        }
+        if seen.len() >= events {
+            *state.limited.entry(rk.to_owned()).or_insert(0) += 1;
+            return Some(Fault::TooMany(None));
+        }
+        seen.push_back(now);
     }
     if let Some((p, rng)) = state.chaos.as_mut() {
         if rng.f64() < *p {

@@ -1,6 +1,7 @@
 //! Black-box tests of the `pdrelay` binary against a fake Events API on loopback.
 
 mod clients;
+mod delivery;
 mod edges;
 mod fake_api;
 mod forwarder;

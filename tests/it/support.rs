@@ -64,6 +64,9 @@ request_timeout = "2s"
 initial_interval = "50ms"
 max_interval = "400ms"
 max_retry_after = "2s"
+[delivery]
+rate_limit = 0
+probe_interval = "200ms"
 "#,
             state = state.display(),
             socket = socket.display(),
