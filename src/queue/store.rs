@@ -1965,7 +1965,11 @@ mod tests {
         assert!((before..=after).contains(&ms), "{ts} not within the insert");
         assert_eq!(ms, stamped.accepted_at_ms, "the timestamp is the acceptance time");
         assert!(ts.ends_with('Z'), "{ts}");
-        crate::event::check_timestamp(&ts, "payload.timestamp").unwrap();
+        assert_eq!(
+            crate::event::normalize_timestamp(&ts, "payload.timestamp").unwrap(),
+            ts,
+            "already in the normal form"
+        );
         // A producer's timestamp stays; events that are not triggers are not touched.
         assert_eq!(store.get(a[1].seq).unwrap().unwrap().event, given);
         assert_eq!(store.get(a[2].seq).unwrap().unwrap().event, resolve);
