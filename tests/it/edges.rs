@@ -8,25 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::http::{http_addr, http_env};
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A TestEnv with the HTTP listener on 127.0.0.1, an ephemeral port; `extra` goes under `[http]`.
-fn http_env(extra: &str) -> TestEnv {
-    TestEnv::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"))
-}
-
-/// The running daemon's HTTP address, from `state_dir/http.addr`.
-fn http_addr(env: &TestEnv) -> SocketAddr {
-    let file = env.state.join("http.addr");
-    let mut addr = None;
-    wait_until("state_dir/http.addr", WAIT, || {
-        addr = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
-        addr.is_some()
-    });
-    addr.unwrap()
-}
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
