@@ -316,23 +316,36 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
 
 fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
+        .unwrap_or_else(|_| pdrelay::logging::level_filter(&config.file.log_level));
     // The filter sits behind a reload handle, so SIGHUP can change the log level.
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
-    // Under systemd, journald stamps each line itself: no timestamps, no colours there.
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let ansi = std::io::stderr().is_terminal();
+    // Under systemd, journald stamps each line itself and reads its priority from a `<N>` prefix:
+    // no timestamps, no colours, no padded level there.
+    let journald = pdrelay::logging::stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !journald;
     let registry = tracing_subscriber::registry().with(filter);
-    if config.file.log_format == "json" {
+    let json = config.file.log_format == "json";
+    if journald {
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+        let format = tracing_subscriber::fmt::format().without_time().with_level(false).with_ansi(false);
+        if json {
+            let inner = tracing_subscriber::fmt::format().json().with_current_span(false);
+            registry
+                .with(
+                    layer
+                        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                        .event_format(pdrelay::logging::Journald::new(inner, false)),
+                )
+                .init();
+        } else {
+            registry.with(layer.event_format(pdrelay::logging::Journald::new(format, true))).init();
+        }
+    } else if json {
         registry
             .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
-            .init();
-    } else if journald {
-        registry
-            .with(tracing_subscriber::fmt::layer().without_time().with_ansi(ansi).with_writer(std::io::stderr))
             .init();
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
@@ -344,7 +357,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             let new = Config::load(&path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
             let restart = pdrelay::live::restart_needed(&old, &new.file);
             if std::env::var_os("RUST_LOG").is_none() {
-                let level = tracing_subscriber::EnvFilter::new(&new.file.log_level);
+                let level = pdrelay::logging::level_filter(&new.file.log_level);
                 filter_handle.reload(level).map_err(|e| e.to_string())?;
             }
             live.replace(&new);
