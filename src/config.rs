@@ -657,6 +657,155 @@ fn check_http(
     (Some(listen), allow)
 }
 
+/// Directories the packaged unit (`systemd/pdrelay.service`, `ProtectSystem=strict`) lets the
+/// daemon write besides its state and spool directories.
+const UNIT_WRITABLE: &[&str] = &["/run/pdrelay", "/var/lib/prometheus/node-exporter"];
+
+impl Config {
+    /// What `check-config` reports without refusing the config: settings that are valid but will
+    /// fail on this host. Today the metrics textfile: its directory must exist, be writable by
+    /// the daemon's user (the owner of `state_dir` when it exists, else whoever runs the check),
+    /// and lie where the packaged unit lets the daemon write. One line per warning, `key: what`.
+    pub fn host_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let textfile = &self.file.metrics.textfile;
+        if textfile.as_os_str().is_empty() {
+            return warnings;
+        }
+        let dir = match textfile.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let shown = dir.display();
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            warnings.push(format!("metrics.textfile: the directory {shown} does not exist; the daemon cannot write {}", textfile.display()));
+            return warnings;
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let daemon_uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&self.file.state_dir).map(|m| m.uid()).unwrap_or(me)
+        };
+        let user = user_name(daemon_uid).unwrap_or_else(|| daemon_uid.to_string());
+        if daemon_uid == me {
+            if let Err(e) = writable_by_me(&dir) {
+                warnings.push(format!("metrics.textfile: {user} cannot write in {shown} ({e})"));
+            }
+        } else if !writable_by(&meta, &dir, daemon_uid) {
+            use std::os::unix::fs::MetadataExt;
+            warnings.push(format!(
+                "metrics.textfile: the daemon's user {user} cannot write in {shown} (owner {}:{}, mode {:o}); \
+                 give it the pdrelay group with write access (README, Metrics)",
+                user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string()),
+                group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string()),
+                meta.mode() & 0o7777
+            ));
+        }
+        let mut allowed: Vec<&Path> = vec![&self.file.state_dir];
+        allowed.extend(self.file.ingest.spool_dirs.iter().map(PathBuf::as_path));
+        allowed.extend(UNIT_WRITABLE.iter().map(Path::new));
+        if dir.is_absolute() && !allowed.iter().any(|a| dir.starts_with(a)) {
+            warnings.push(format!(
+                "metrics.textfile: the packaged unit (ProtectSystem=strict) keeps {shown} read-only for the daemon; \
+                 add ReadWritePaths={shown} in a drop-in (systemctl edit pdrelay; README, Metrics)"
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether this process may create files in `dir` (access(2) with W_OK|X_OK: the mode, ACLs and
+/// a read-only mount all count).
+fn writable_by_me(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether user `uid` may create files in the directory `meta` describes, from its owner, group
+/// and mode and the user's groups. A directory with an ACL counts as writable (its mode bits do
+/// not tell), as does any directory for root.
+fn writable_by(meta: &std::fs::Metadata, dir: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if uid == 0 || has_acl(dir) {
+        return true;
+    }
+    if meta.uid() == uid {
+        return mode & 0o300 == 0o300;
+    }
+    if user_groups(uid).contains(&meta.gid()) {
+        return mode & 0o030 == 0o030;
+    }
+    mode & 0o003 == 0o003
+}
+
+/// Whether `path` carries a POSIX access ACL.
+fn has_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(c), name) = (std::ffi::CString::new(path.as_os_str().as_bytes()), c"system.posix_acl_access") else {
+        return false;
+    };
+    // SAFETY: both strings are valid and NUL-terminated; a null buffer of size 0 asks for the size.
+    unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
+}
+
+/// The name of user `uid`, from the system's user database.
+fn user_name(uid: u32) -> Option<String> {
+    passwd(uid).map(|(name, _)| name)
+}
+
+/// Name and primary group of user `uid`.
+fn passwd(uid: u32) -> Option<(String, u32)> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the right type and size; getpwuid_r writes only
+    // into `pw` and `buf` and sets `result` to null or to `&pw`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated, and `buf` is alive.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
+    Some((name, pw.pw_gid))
+}
+
+/// The groups of user `uid` (primary and supplementary), at most 1024.
+fn user_groups(uid: u32) -> Vec<u32> {
+    let Some((name, gid)) = passwd(uid) else { return Vec::new() };
+    let Ok(cname) = std::ffi::CString::new(name) else { return vec![gid] };
+    let mut groups = vec![0 as libc::gid_t; 1024];
+    let mut n = groups.len() as libc::c_int;
+    // SAFETY: `groups` holds `n` entries; getgrouplist writes at most `n` and sets `n`.
+    let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+    if rc < 0 {
+        return vec![gid];
+    }
+    groups.truncate(n.max(0) as usize);
+    groups
+}
+
+/// The name of group `gid`, from the system's group database.
+fn group_name(gid: u32) -> Option<String> {
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `group_id`.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: gr_name points into `buf`, NUL-terminated, and `buf` is alive.
+    Some(unsafe { std::ffi::CStr::from_ptr(group.gr_name) }.to_string_lossy().into_owned())
+}
+
 /// The id of group `name` (or a number), from the system's group database.
 fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -806,6 +955,23 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[ingest]\nspool_dir = \"/x\"\n").unwrap_err().to_string();
         assert!(err.contains("spool_dir"), "{err}");
+    }
+
+    #[test]
+    fn textfile_warnings_name_a_missing_or_sandboxed_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let with = |textfile: &Path| {
+            let text = format!("state_dir = {:?}\n[metrics]\ntextfile = {:?}\n", state, textfile);
+            Config::from_toml(&text).unwrap().host_warnings()
+        };
+        assert!(with(&state.join("pdrelay.prom")).is_empty());
+        let missing = with(&dir.path().join("nowhere/pdrelay.prom"));
+        assert!(missing.len() == 1 && missing[0].contains("does not exist"), "{missing:?}");
+        let outside = with(&dir.path().join("pdrelay.prom"));
+        assert!(outside.len() == 1 && outside[0].contains("ReadWritePaths="), "{outside:?}");
+        assert!(Config::from_toml("").unwrap().host_warnings().is_empty());
     }
 
     #[test]

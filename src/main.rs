@@ -34,7 +34,13 @@ fn main() -> ExitCode {
     let config = match Config::load(&path, explicit || matches!(cli.command, Command::CheckConfig)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pdrelay: config: {}", e.to_string().replace('\n', "\npdrelay: config: "));
+            // Under systemd the daemon's config errors go to the journal at priority 3 (err).
+            let lead = if matches!(cli.command, Command::Daemon) && pdrelay::logging::stderr_is_journal() {
+                "<3>pdrelay: config: "
+            } else {
+                "pdrelay: config: "
+            };
+            eprintln!("{lead}{}", e.to_string().replace('\n', &format!("\n{lead}")));
             return ExitCode::from(2);
         }
     };
@@ -43,6 +49,9 @@ fn main() -> ExitCode {
     let silent_output = if pdagent_output { Output::Silent } else { Output::Pdrelay };
     match cli.command {
         Command::CheckConfig => {
+            for warning in config.host_warnings() {
+                eprintln!("pdrelay: warning: {warning}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
