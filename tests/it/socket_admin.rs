@@ -281,3 +281,28 @@ fn retention_removes_old_records_and_expires_what_waited_too_long() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(env.fake.accepted().iter().all(|r| r.body["dedup_key"] != "x"), "an expired event is not sent");
 }
+
+#[test]
+fn show_names_the_state_as_list_and_status_do_and_shortens_the_key_throughout() {
+    // A failed attempt and an hour to the next: the event waits, stably.
+    let env = TestEnv::with_config("[retry]\ninitial_interval = \"1h\"\nmax_interval = \"1h\"\n");
+    env.fake.set_down(true);
+    let _d = env.start();
+    let rk = routing_key(61);
+    let mut c = env.connect();
+    c.send_line(&trigger(&rk, "w", "waits for its retry"));
+    let id = c.read_reply()["id"].as_str().unwrap().to_owned();
+    wait_until("the event waits for its retry", WAIT, || {
+        let list = env.queue_json(&["list"]);
+        list.as_array().is_some_and(|a| a.iter().any(|r| r["id"] == id.as_str() && r["state"] == "waiting"))
+    });
+    let status = env.command().args(["queue", "status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["waiting", "1"]), "{status}");
+    let out = env.command().args(["queue", "show", &id]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "state        waiting"), "{text}");
+    assert!(!text.contains(&rk), "the routing key is shortened in the event too: {text}");
+    assert!(text.contains(&format!("\"routing_key\": \"{}…\"", &rk[..6])), "{text}");
+}
