@@ -336,13 +336,14 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
-    #[error("{path}: {message}")]
+    /// The file is not valid TOML, has unknown keys or values of the wrong type; every such
+    /// problem, then every value rule broken in the rest.
+    #[error("{}", .problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))]
     Parse {
         /// The config path.
         path: PathBuf,
-        /// toml's message, flattened to one line.
-        message: String,
+        /// One line each: `line N: KEY...: what` for TOML problems, `key: rule` for the rest.
+        problems: Vec<String>,
     },
     /// Values that parse but break a rule; one line per problem.
     #[error("{}", .problems.join("\n"))]
@@ -383,18 +384,62 @@ impl Config {
             Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
         };
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { problems, .. } => ConfigError::Parse { path: path.to_owned(), problems },
             other => other,
         })
     }
 
     /// Parses and checks TOML text.
+    ///
+    /// Every problem is reported at once: an unknown key or a value of the wrong type (a bad
+    /// duration, a string for a number) is noted with its line, its line set aside, and the
+    /// rest read again (at most [`MAX_TOML_PROBLEMS`] times); the value rules are then checked
+    /// on what remains. Only a TOML syntax error stops the reading (the text after it has no
+    /// meaning), and is reported alone.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
-        })?;
-        Config::check(file)
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let line = e.span().map(|r| text[..r.start].matches('\n').count());
+            let problem = toml_problem(&e, line.map(|l| (l, lines[l])));
+            return Err(ConfigError::Parse { path: PathBuf::new(), problems: vec![problem] });
+        }
+        let mut problems = Vec::new();
+        let file = loop {
+            let current = lines.join("\n");
+            match toml::from_str::<ConfigFile>(&current) {
+                Ok(file) => break file,
+                Err(e) => {
+                    let span = e.span();
+                    let first = span.as_ref().map(|r| current[..r.start].matches('\n').count());
+                    let last = span.as_ref().map(|r| current[..r.end.max(r.start + 1).min(current.len())].matches('\n').count());
+                    problems.push(toml_problem(&e, first.map(|l| (l, lines[l]))));
+                    let (Some(first), Some(last)) = (first, last) else {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    };
+                    if problems.len() >= MAX_TOML_PROBLEMS || lines[first..=last].iter().all(|l| l.trim().is_empty()) {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    }
+                    // Set the offending lines aside (blank, so later line numbers stay right).
+                    lines[first..=last].iter_mut().for_each(|l| *l = "");
+                    // If that broke the syntax (a line inside a multi-line value), stop here.
+                    if toml::from_str::<toml::Value>(&lines.join("\n")).is_err() {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    }
+                }
+            }
+        };
+        match Config::check(file) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Parse { path: PathBuf::new(), problems }),
+            Err(ConfigError::Invalid { problems: more }) => {
+                if problems.is_empty() {
+                    return Err(ConfigError::Invalid { problems: more });
+                }
+                problems.extend(more);
+                Err(ConfigError::Parse { path: PathBuf::new(), problems })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Checks every value, collecting all problems.
@@ -655,6 +700,27 @@ fn check_http(
         ));
     }
     (Some(listen), allow)
+}
+
+/// Most TOML-level problems (unknown keys, wrong types) `check-config` lists from one file.
+pub const MAX_TOML_PROBLEMS: usize = 100;
+
+/// One TOML problem on one line: `line N: TEXT: MESSAGE`, with the line's text cut to 80
+/// characters and control characters escaped.
+fn toml_problem(e: &toml::de::Error, line: Option<(usize, &str)>) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match line {
+        Some((n, text)) => {
+            let text: String = text
+                .trim()
+                .chars()
+                .take(80)
+                .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+                .collect();
+            format!("line {}: {text}: {message}", n + 1)
+        }
+        None => message,
+    }
 }
 
 /// Directories the packaged unit (`systemd/pdrelay.service`, `ProtectSystem=strict`) lets the
@@ -972,6 +1038,25 @@ mod tests {
         let outside = with(&dir.path().join("pdrelay.prom"));
         assert!(outside.len() == 1 && outside[0].contains("ReadWritePaths="), "{outside:?}");
         assert!(Config::from_toml("").unwrap().host_warnings().is_empty());
+    }
+
+    #[test]
+    fn every_toml_problem_is_reported_in_one_run() {
+        let text = "log_level = \"info\"\nbogus = 1\n[ingest]\nspool_dir = \"/x\"\nrescan_interval = \"5 parsecs\"\n\
+                    max_connections = \"many\"\n[pagerduty]\nconcurrency = 0\n";
+        let err = Config::from_toml(text).unwrap_err();
+        let ConfigError::Parse { problems, .. } = &err else { panic!("expected Parse: {err:?}") };
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("line 2: bogus = 1: unknown field `bogus`"), "{}", problems[0]);
+        assert!(problems.iter().any(|p| p.starts_with("line 4: spool_dir")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("line 5: rescan_interval")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("line 6: max_connections")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("pagerduty.concurrency")), "{problems:#?}");
+        assert!(err.to_string().lines().count() == 5);
+        // A syntax error stops the reading, alone.
+        let err = Config::from_toml("bogus = 1\n[ingest\n").unwrap_err();
+        let ConfigError::Parse { problems, .. } = &err else { panic!("expected Parse") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]
