@@ -353,6 +353,27 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// What to do about an unreadable config, when the fix is known: a file that only its group
+    /// may read (the packaged `root:pdrelay 0640`) names the group to join. `None` otherwise.
+    pub fn hint(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let ConfigError::Read { path, source } = self else { return None };
+        if source.kind() != std::io::ErrorKind::PermissionDenied {
+            return None;
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.mode() & 0o040 == 0 {
+            return None;
+        }
+        let group = group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
+        Some(format!(
+            "{} is readable by the group {group}: join it (sudo usermod -aG {group} USER) and log in again",
+            path.display()
+        ))
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

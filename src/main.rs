@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                 "pdrelay: config: "
             };
             eprintln!("{lead}{}", e.to_string().replace('\n', &format!("\n{lead}")));
+            if let Some(hint) = e.hint() {
+                eprintln!("pdrelay: hint: {hint}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -300,9 +303,11 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
         Ok(sent) => {
             if !quiet {
                 match output {
-                    Output::Pdrelay => {
-                        println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""))
-                    }
+                    // A change event has no dedup key: only its id.
+                    Output::Pdrelay => match sent.dedup_key.as_deref() {
+                        Some(key) => println!("id={} dedup_key={key}", sent.id),
+                        None => println!("id={}", sent.id),
+                    },
                     Output::PdagentKey => println!("{}", pdagent::pd_send_line(sent.dedup_key.as_deref())),
                     Output::Silent => {}
                 }

@@ -168,7 +168,11 @@ fn v1_and_change_events_reach_their_endpoints() {
         .send(&["--api", "v1", "-k", &rk, "-t", "trigger", "-d", "v1 trigger", "-i", "v1-key", "-f", "a=b"])
         .status
         .success());
-    assert!(env.send(&["--change", "-k", &rk, "-d", "deployed build 42", "--source", "ci"]).status.success());
+    let change = env.send(&["--change", "-k", &rk, "-d", "deployed build 42", "--source", "ci"]);
+    assert!(change.status.success());
+    // A change event has no dedup key: `id=...` alone, not an empty `dedup_key=`.
+    let printed = String::from_utf8_lossy(&change.stdout);
+    assert!(printed.starts_with("id=") && !printed.contains("dedup_key"), "{printed}");
     let pdagent = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/pdagent-queue-samples/test_30_encoding.pdq1.txt"))
         .unwrap_or_else(|_| r#"{"description":"\u00e9","details":{},"event_type":"acknowledge","incident_key":"server.fire","service_key":"DUMMY_SERVICE_KEY"}"#.to_owned())
         .replace("DUMMY_SERVICE_KEY", &rk);

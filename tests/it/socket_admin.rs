@@ -306,3 +306,19 @@ fn show_names_the_state_as_list_and_status_do_and_shortens_the_key_throughout() 
     assert!(!text.contains(&rk), "the routing key is shortened in the event too: {text}");
     assert!(text.contains(&format!("\"routing_key\": \"{}…\"", &rk[..6])), "{text}");
 }
+
+#[test]
+fn a_config_only_its_group_may_read_names_the_group_to_join() {
+    let env = TestEnv::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["send", "-k", &routing_key(62), "-t", "trigger", "-d", "x"])
+        .env("PDRELAY_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied") && err.contains("hint:") && err.contains("usermod -aG"), "{err}");
+}
