@@ -175,9 +175,7 @@ fn generate(dir: &Path) -> std::io::Result<()> {
 /// clap_mangen writes an optional flag that takes a value as `[--config]` in the synopsis: the
 /// value is put back (`[--config PATH]`).
 fn synopsis_values(page: Vec<u8>) -> Vec<u8> {
-    String::from_utf8_lossy(&page)
-        .replace("[\\fB\\-\\-config\\fR]", "[\\fB\\-\\-config\\fR \\fIPATH\\fR]")
-        .into_bytes()
+    String::from_utf8_lossy(&page).replace("[\\fB\\-\\-config\\fR]", "[\\fB\\-\\-config\\fR \\fIPATH\\fR]").into_bytes()
 }
 
 fn subcommand_pages(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {

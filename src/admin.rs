@@ -646,8 +646,7 @@ pub fn render(answer: &AdminAnswer) -> String {
             for e in &record.errors {
                 let _ = writeln!(out, "error        {e}");
             }
-            let mut body: serde_json::Value =
-                serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
+            let mut body: serde_json::Value = serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
             // Shortened here as in the header (`--json` has the whole record).
             for field in ["routing_key", "service_key"] {
                 if let Some(key) = body.get_mut(field) {

@@ -432,7 +432,9 @@ impl Config {
                 Err(e) => {
                     let span = e.span();
                     let first = span.as_ref().map(|r| current[..r.start].matches('\n').count());
-                    let last = span.as_ref().map(|r| current[..r.end.max(r.start + 1).min(current.len())].matches('\n').count());
+                    let last = span
+                        .as_ref()
+                        .map(|r| current[..r.end.max(r.start + 1).min(current.len())].matches('\n').count());
                     problems.push(toml_problem(&e, first.map(|l| (l, lines[l]))));
                     let (Some(first), Some(last)) = (first, last) else {
                         return Err(ConfigError::Parse { path: PathBuf::new(), problems });
@@ -765,7 +767,10 @@ impl Config {
         };
         let shown = dir.display();
         let Ok(meta) = std::fs::metadata(&dir) else {
-            warnings.push(format!("metrics.textfile: the directory {shown} does not exist; the daemon cannot write {}", textfile.display()));
+            warnings.push(format!(
+                "metrics.textfile: the directory {shown} does not exist; the daemon cannot write {}",
+                textfile.display()
+            ));
             return warnings;
         };
         // SAFETY: geteuid has no preconditions.

@@ -114,7 +114,9 @@ mod tests {
         } else {
             let inner = tracing_subscriber::fmt::format().without_time().with_level(false).with_ansi(false);
             tracing::Dispatch::new(
-                tracing_subscriber::registry().with(level_filter("debug")).with(layer.event_format(Journald::new(inner, true))),
+                tracing_subscriber::registry()
+                    .with(level_filter("debug"))
+                    .with(layer.event_format(Journald::new(inner, true))),
             )
         };
         tracing::dispatcher::with_default(&dispatch, emit);

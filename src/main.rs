@@ -86,10 +86,78 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool, pdagent_output:
             },
         },
         QueueCommand::Purge { state, older_than } => {
-            AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) }
+            return run_purge(config, state, older_than, json);
         }
     };
     run_admin(config, request, json, "pdrelay queue", pd_queue_retry)
+}
+
+/// `queue purge`: says how many records of that state the queue holds before removing, then
+/// how many it removed (`--json`: the count only, as before).
+fn run_purge(
+    config: &Config,
+    state: admin::PurgeState,
+    older_than: Option<std::time::Duration>,
+    json: bool,
+) -> ExitCode {
+    let word = match state {
+        admin::PurgeState::Failed => "failed",
+        admin::PurgeState::Delivered => "delivered",
+    };
+    if !json {
+        if let Ok(AdminAnswer::Status(report)) = admin::call(config, AdminRequest::Status) {
+            let held = match state {
+                admin::PurgeState::Failed => report.total.failed,
+                admin::PurgeState::Delivered => report.total.delivered,
+            };
+            let which = match older_than {
+                Some(d) => format!("those finished over {} ago", humantime::format_duration(d)),
+                None => "all of them".to_owned(),
+            };
+            println!("the queue holds {held} {word} event(s); removing {which}");
+        }
+    }
+    let request = AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) };
+    match admin::call(config, request) {
+        Ok(AdminAnswer::Changed(n)) if !json => {
+            println!("removed {n} {word} event(s)");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            println!("{}", serde_json::to_string_pretty(&answer).expect("answers serialize"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay queue: {e}");
+            ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+/// Drop-files waiting in the spool directories (names not starting with `.`, outside
+/// `rejected/`), counting at most 100,000 entries per directory. `None` for an unreadable one.
+fn spool_waiting(config: &Config) -> Vec<(PathBuf, Option<usize>)> {
+    config
+        .file
+        .ingest
+        .spool_dirs
+        .iter()
+        .map(|dir| {
+            let count = match std::fs::read_dir(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+                Err(_) => None,
+                Ok(entries) => Some(
+                    entries
+                        .take(100_000)
+                        .filter_map(Result::ok)
+                        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                        .count(),
+                ),
+            };
+            (dir.clone(), count)
+        })
+        .collect()
 }
 
 /// `queue status`, narrowed to one routing key when asked; pd-queue's table with
@@ -116,6 +184,18 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
         print!("{}", pdagent::render_pd_queue_status(&report));
     } else {
         print!("{}", admin::render(&AdminAnswer::Status(report)));
+        // Drop-files are not in the queue until the daemon reads them: say so when some wait
+        // (the daemon may be stopped, or behind).
+        for (dir, count) in spool_waiting(config) {
+            match count {
+                Some(0) => {}
+                Some(n) => println!(
+                    "\n{n} drop-file(s) waiting in {} (not counted above; the daemon stores them when it runs)",
+                    dir.display()
+                ),
+                None => println!("\n{}: cannot be read by this user; drop-files there are not counted", dir.display()),
+            }
+        }
         if let Some(key) = routing_key {
             let shown: String = key.chars().take(6).collect();
             println!(

@@ -322,3 +322,18 @@ fn a_config_only_its_group_may_read_names_the_group_to_join() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Permission denied") && err.contains("hint:") && err.contains("usermod -aG"), "{err}");
 }
+
+#[test]
+fn status_with_the_daemon_stopped_mentions_waiting_drop_files_and_purge_says_how_many() {
+    let env = TestEnv::new();
+    env.drop_file("a.json", &trigger(&routing_key(63), "a", "waits in the spool"));
+    let out = env.command().args(["queue", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("1 drop-file(s) waiting in"), "{text}");
+    let out = env.command().args(["queue", "purge", "--state", "delivered"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the queue holds 0 delivered event(s); removing all of them"), "{text}");
+    assert!(text.contains("removed 0 delivered event(s)"), "{text}");
+}
