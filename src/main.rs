@@ -28,7 +28,10 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.config.is_none() {
+        cli.config = std::env::var_os("PDRELAY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+    }
     let explicit = cli.config.is_some();
     let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let config = match Config::load(&path, explicit || matches!(cli.command, Command::CheckConfig)) {

@@ -444,3 +444,16 @@ fn check_config_reports_every_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `spool`"));
 }
+
+#[test]
+fn a_config_from_the_environment_is_not_shown_as_required_in_usage() {
+    let env = TestEnv::new();
+    let out = std::process::Command::new(BIN).arg("nagios").env("PDRELAY_CONFIG", &env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: pdrelay nagios") && !err.contains("--config"), "{err}");
+    // ...and it is still the config used.
+    std::fs::write(&env.config, "bogus = 1\n").unwrap();
+    let out = std::process::Command::new(BIN).arg("check-config").env("PDRELAY_CONFIG", &env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
