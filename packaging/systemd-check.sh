@@ -242,7 +242,9 @@ step "metrics textfile"
 wait_for 30 grep -q '^pdrelay_queue_pending_events' /var/lib/prometheus/node-exporter/pdrelay.prom ||
   fail "no /var/lib/prometheus/node-exporter/pdrelay.prom with pdrelay_queue_pending_events"
 check "the textfile belongs to pdrelay" sh -c 'test "$(stat -c %U /var/lib/prometheus/node-exporter/pdrelay.prom)" = pdrelay'
-check "it counts the deliveries" grep -Eq '^pdrelay_deliveries_total\{.*\} [1-9]' /var/lib/prometheus/node-exporter/pdrelay.prom
+wait_for 30 grep -Eq '^pdrelay_deliveries_total\{.*\} [1-9]' /var/lib/prometheus/node-exporter/pdrelay.prom ||
+  fail "the textfile does not count the deliveries: $(in_ct grep deliveries_total /var/lib/prometheus/node-exporter/pdrelay.prom)"
+ok "it counts the deliveries"
 check "no 'cannot write the metrics file' in the journal" sh -c '! journalctl -u pdrelay -o cat | grep -q "cannot write the metrics file"'
 ok "/var/lib/prometheus/node-exporter/pdrelay.prom is written"
 
