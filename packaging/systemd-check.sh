@@ -202,7 +202,7 @@ step "start"
 mark=$$-$RANDOM
 in_ct systemctl start pdrelay || fail "systemctl start pdrelay"
 check "active (running) once systemctl start returns (Type=notify: after READY=1)" \
-  sh -c 'test "$(systemctl show -P ActiveState,SubState pdrelay | paste -sd/)" = active/running'
+  sh -c 'test "$(systemctl show -P ActiveState pdrelay)/$(systemctl show -P SubState pdrelay)" = active/running'
 [ "$(prop pdrelay Type)" = notify ] || fail "Type is $(prop pdrelay Type)"
 check "the daemon runs as pdrelay" sh -c 'test "$(ps -o user= -p "$(systemctl show -P MainPID pdrelay)")" = pdrelay'
 check "its socket is 660 pdrelay:pdrelay" sh -c 'test "$(stat -c "%a %U %G" /run/pdrelay/pdrelay.sock)" = "660 pdrelay pdrelay"'
@@ -325,7 +325,8 @@ delivered after-salvage
 step "stop"
 pid=$(prop pdrelay MainPID)
 check "systemctl stop pdrelay" systemctl stop pdrelay
-check "inactive, result success (exit 0 on SIGTERM)" sh -c 'test "$(systemctl show -P ActiveState,Result pdrelay | paste -sd/)" = inactive/success'
+check "inactive, result success (exit 0 on SIGTERM)" \
+  sh -c 'test "$(systemctl show -P ActiveState pdrelay)/$(systemctl show -P Result pdrelay)" = inactive/success'
 check "the socket and runtime directory are gone" test ! -e /run/pdrelay
 check "the process is gone" sh -c "! kill -0 $pid"
 check "systemctl start pdrelay (for Nagios)" systemctl start pdrelay
