@@ -47,6 +47,7 @@ need=()
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v nsenter >/dev/null || need+=(util-linux)
+command -v pgrep >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
