@@ -66,7 +66,7 @@ packages=systemd,systemd-sysv,dbus,adduser,procps,iproute2,gpgv,ca-certificates,
 cache=$target/systemd-check/rootfs-bookworm-$(printf '%s' "$packages" | md5sum | cut -c1-8).tar
 if [ ! -f "$cache" ]; then
   mkdir -p "$(dirname "$cache")"
-  mmdebstrap --quiet --variant=minbase --include="$packages" bookworm "$cache.part"
+  mmdebstrap --quiet --format=tar --variant=minbase --include="$packages" bookworm "$cache.part"
   mv "$cache.part" "$cache"
   ok "built $cache"
 else
