@@ -147,17 +147,35 @@ fn generate(dir: &Path) -> std::io::Result<()> {
     man.render_subcommands_section(&mut page)?;
     page.write_all(EXTRA_SECTIONS.as_bytes())?;
     man.render_version_section(&mut page)?;
-    std::fs::write(dir.join("pdrelay.1"), page)?;
+    std::fs::write(dir.join("pdrelay.1"), synopsis_values(page))?;
 
     // One page per command, as `git` has: `man pdrelay-send`.
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         subcommand_pages(sub, dir)?;
     }
 
+    // Completions: `--severity` offers its four values (not file names); the wrappers' internal
+    // `--pdagent-output` is not offered (clap_complete lists hidden global flags).
+    let severities = ["critical", "error", "warning", "info"];
+    let mut comp = pdrelay::cli::Cli::command()
+        .mut_subcommand("send", |s| s.mut_arg("severity", |a| a.value_parser(severities)))
+        .disable_help_subcommand(true);
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd, "pdrelay", dir)?;
+        let path = clap_complete::generate_to(shell, &mut comp, "pdrelay", dir)?;
+        let text = std::fs::read_to_string(&path)?;
+        let text = match shell {
+            Shell::Bash => text.replace(" --pdagent-output", ""),
+            _ => text.lines().filter(|l| !l.contains("pdagent-output")).map(|l| format!("{l}\n")).collect(),
+        };
+        std::fs::write(&path, text)?;
     }
     Ok(())
+}
+
+/// clap_mangen writes an optional flag that takes a value as `[--config]` in the synopsis: the
+/// value is put back (`[--config PATH]`).
+fn synopsis_values(page: Vec<u8>) -> Vec<u8> {
+    String::from_utf8_lossy(&page).replace("[\\fB\\-\\-config\\fR]", "[\\fB\\-\\-config\\fR \\fIPATH\\fR]").into_bytes()
 }
 
 fn subcommand_pages(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
@@ -168,7 +186,7 @@ fn subcommand_pages(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
     let mut page = Vec::new();
     man.render(&mut page)?;
     page.write_all(b".SH \"SEE ALSO\"\n.BR pdrelay (1)\n")?;
-    std::fs::write(dir.join(man.get_filename()), page)
+    std::fs::write(dir.join(man.get_filename()), synopsis_values(page))
 }
 
 fn man(cmd: clap::Command) -> clap_mangen::Man {

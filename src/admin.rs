@@ -724,7 +724,13 @@ pub fn render(answer: &AdminAnswer) -> String {
         }
         AdminAnswer::Show(record) => {
             let _ = writeln!(out, "id           {}", record.id);
-            let _ = writeln!(out, "state        {}", record.state.as_str());
+            // The same word `queue list` and `queue status` use: a pending event whose retry
+            // time is ahead is `waiting`.
+            let state = serde_json::to_value(list_state(record, now_ms()))
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = writeln!(out, "state        {state}");
             let _ = writeln!(out, "api          {}", record.event.kind().as_str());
             let _ = writeln!(out, "routing key  {}", record.event.routing_key().redacted());
             let _ = writeln!(out, "dedup key    {}", Escaped(record.event.dedup_key().unwrap_or("-")));
@@ -745,7 +751,15 @@ pub fn render(answer: &AdminAnswer) -> String {
             for e in &record.errors {
                 let _ = writeln!(out, "error        {}", Escaped(e));
             }
-            let body: serde_json::Value = serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
+            let mut body: serde_json::Value = serde_json::from_slice(&record.event.request_body()).unwrap_or_default();
+            // Shortened here as in the header (`--json` has the whole record).
+            for field in ["routing_key", "service_key"] {
+                if let Some(key) = body.get_mut(field) {
+                    if let Some(text) = key.as_str() {
+                        *key = serde_json::Value::String(crate::event::redact_routing_key(text));
+                    }
+                }
+            }
             let _ = writeln!(
                 out,
                 "event        {}",
@@ -757,14 +771,26 @@ pub fn render(answer: &AdminAnswer) -> String {
             let _ = writeln!(out, "{n} event(s) changed");
         }
         AdminAnswer::Alerts(alerts) => {
-            let _ = writeln!(out, "{:<8} {:<11} {:<20} {:<50} SUMMARY", "ROUTING", "STATE", "SINCE", "DEDUP KEY");
+            let state = |a: &OpenAlert| if a.last_action == "trigger" { "triggered" } else { "acknowledged" };
+            // Each column as wide as its widest cell (dedup keys vary: at most 255 characters).
+            let width = |header: &str, cell: &dyn Fn(&OpenAlert) -> usize| {
+                alerts.iter().map(cell).chain([header.chars().count()]).max().unwrap_or(0)
+            };
+            let w_key = width("ROUTING", &|a| a.routing_key.chars().count());
+            let w_state = width("STATE", &|a| state(a).len());
+            let w_at = width("SINCE", &|a| a.at.chars().count());
+            let w_dedup = width("DEDUP KEY", &|a| a.dedup_key.chars().count());
+            let _ = writeln!(
+                out,
+                "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} SUMMARY",
+                "ROUTING", "STATE", "SINCE", "DEDUP KEY"
+            );
             for a in alerts {
-                let state = if a.last_action == "trigger" { "triggered" } else { "acknowledged" };
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<11} {:<20} {:<50} {}",
+                    "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} {}",
                     a.routing_key,
-                    state,
+                    state(a),
                     a.at,
                     escaped(&a.dedup_key),
                     Escaped(a.summary.as_deref().unwrap_or(""))

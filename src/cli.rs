@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "pdrelay", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Config file [default: /etc/pdrelay/config.toml].
-    #[arg(long, global = true, env = "PDRELAY_CONFIG", value_name = "PATH")]
+    /// Config file [default: $PDRELAY_CONFIG, else /etc/pdrelay/config.toml].
+    // PDRELAY_CONFIG is read in main, not through clap's `env`: clap lists an argument set from
+    // the environment in the usage line of every error, as if it were required.
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     /// Print what pdagent's tools printed (`Event processed. Incident Key: ...`, pd-queue's

@@ -400,13 +400,14 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
-    #[error("{path}: {message}")]
+    /// The file is not valid TOML, has unknown keys or values of the wrong type; every such
+    /// problem, then every value rule broken in the rest.
+    #[error("{}", .problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))]
     Parse {
         /// The config path.
         path: PathBuf,
-        /// toml's message, flattened to one line.
-        message: String,
+        /// One line each: `line N: KEY...: what` for TOML problems, `key: rule` for the rest.
+        problems: Vec<String>,
     },
     /// Values that parse but break a rule; one line per problem.
     #[error("{}", .problems.join("\n"))]
@@ -414,6 +415,27 @@ pub enum ConfigError {
         /// Each problem, `key: rule`.
         problems: Vec<String>,
     },
+}
+
+impl ConfigError {
+    /// What to do about an unreadable config, when the fix is known: a file that only its group
+    /// may read (the packaged `root:pdrelay 0640`) names the group to join. `None` otherwise.
+    pub fn hint(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let ConfigError::Read { path, source } = self else { return None };
+        if source.kind() != std::io::ErrorKind::PermissionDenied {
+            return None;
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.mode() & 0o040 == 0 {
+            return None;
+        }
+        let group = group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
+        Some(format!(
+            "{} is readable by the group {group}: join it (sudo usermod -aG {group} USER) and log in again",
+            path.display()
+        ))
+    }
 }
 
 /// A checked configuration.
@@ -447,18 +469,64 @@ impl Config {
             Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
         };
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { problems, .. } => ConfigError::Parse { path: path.to_owned(), problems },
             other => other,
         })
     }
 
     /// Parses and checks TOML text.
+    ///
+    /// Every problem is reported at once: an unknown key or a value of the wrong type (a bad
+    /// duration, a string for a number) is noted with its line, its line set aside, and the
+    /// rest read again (at most [`MAX_TOML_PROBLEMS`] times); the value rules are then checked
+    /// on what remains. Only a TOML syntax error stops the reading (the text after it has no
+    /// meaning), and is reported alone.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
-        })?;
-        Config::check(file)
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let line = e.span().map(|r| text[..r.start].matches('\n').count());
+            let problem = toml_problem(&e, line.map(|l| (l, lines[l])));
+            return Err(ConfigError::Parse { path: PathBuf::new(), problems: vec![problem] });
+        }
+        let mut problems = Vec::new();
+        let file = loop {
+            let current = lines.join("\n");
+            match toml::from_str::<ConfigFile>(&current) {
+                Ok(file) => break file,
+                Err(e) => {
+                    let span = e.span();
+                    let first = span.as_ref().map(|r| current[..r.start].matches('\n').count());
+                    let last = span
+                        .as_ref()
+                        .map(|r| current[..r.end.max(r.start + 1).min(current.len())].matches('\n').count());
+                    problems.push(toml_problem(&e, first.map(|l| (l, lines[l]))));
+                    let (Some(first), Some(last)) = (first, last) else {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    };
+                    if problems.len() >= MAX_TOML_PROBLEMS || lines[first..=last].iter().all(|l| l.trim().is_empty()) {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    }
+                    // Set the offending lines aside (blank, so later line numbers stay right).
+                    lines[first..=last].iter_mut().for_each(|l| *l = "");
+                    // If that broke the syntax (a line inside a multi-line value), stop here.
+                    if toml::from_str::<toml::Value>(&lines.join("\n")).is_err() {
+                        return Err(ConfigError::Parse { path: PathBuf::new(), problems });
+                    }
+                }
+            }
+        };
+        match Config::check(file) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Parse { path: PathBuf::new(), problems }),
+            Err(ConfigError::Invalid { problems: more }) => {
+                if problems.is_empty() {
+                    return Err(ConfigError::Invalid { problems: more });
+                }
+                problems.extend(more);
+                Err(ConfigError::Parse { path: PathBuf::new(), problems })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Checks every value, collecting all problems.
@@ -811,6 +879,179 @@ fn check_ranges(file: &ConfigFile, problems: &mut Vec<String>) {
     }
 }
 
+/// Most TOML-level problems (unknown keys, wrong types) `check-config` lists from one file.
+pub const MAX_TOML_PROBLEMS: usize = 100;
+
+/// One TOML problem on one line: `line N: TEXT: MESSAGE`, with the line's text cut to 80
+/// characters and control characters escaped.
+fn toml_problem(e: &toml::de::Error, line: Option<(usize, &str)>) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match line {
+        Some((n, text)) => {
+            let text: String = text
+                .trim()
+                .chars()
+                .take(80)
+                .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+                .collect();
+            format!("line {}: {text}: {message}", n + 1)
+        }
+        None => message,
+    }
+}
+
+/// Directories the packaged unit (`systemd/pdrelay.service`, `ProtectSystem=strict`) lets the
+/// daemon write besides its state and spool directories.
+const UNIT_WRITABLE: &[&str] = &["/run/pdrelay", "/var/lib/prometheus/node-exporter"];
+
+impl Config {
+    /// What `check-config` reports without refusing the config: settings that are valid but will
+    /// fail on this host. Today the metrics textfile: its directory must exist, be writable by
+    /// the daemon's user (the owner of `state_dir` when it exists, else whoever runs the check),
+    /// and lie where the packaged unit lets the daemon write. One line per warning, `key: what`.
+    pub fn host_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let textfile = &self.file.metrics.textfile;
+        if textfile.as_os_str().is_empty() {
+            return warnings;
+        }
+        let dir = match textfile.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let shown = dir.display();
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            warnings.push(format!(
+                "metrics.textfile: the directory {shown} does not exist; the daemon cannot write {}",
+                textfile.display()
+            ));
+            return warnings;
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let daemon_uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&self.file.state_dir).map(|m| m.uid()).unwrap_or(me)
+        };
+        let user = user_name(daemon_uid).unwrap_or_else(|| daemon_uid.to_string());
+        if daemon_uid == me {
+            if let Err(e) = writable_by_me(&dir) {
+                warnings.push(format!("metrics.textfile: {user} cannot write in {shown} ({e})"));
+            }
+        } else if !writable_by(&meta, &dir, daemon_uid) {
+            use std::os::unix::fs::MetadataExt;
+            warnings.push(format!(
+                "metrics.textfile: the daemon's user {user} cannot write in {shown} (owner {}:{}, mode {:o}); \
+                 give it the pdrelay group with write access (README, Metrics)",
+                user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string()),
+                group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string()),
+                meta.mode() & 0o7777
+            ));
+        }
+        let mut allowed: Vec<&Path> = vec![&self.file.state_dir];
+        allowed.extend(self.file.ingest.spool_dirs.iter().map(PathBuf::as_path));
+        allowed.extend(UNIT_WRITABLE.iter().map(Path::new));
+        if dir.is_absolute() && !allowed.iter().any(|a| dir.starts_with(a)) {
+            warnings.push(format!(
+                "metrics.textfile: the packaged unit (ProtectSystem=strict) keeps {shown} read-only for the daemon; \
+                 add ReadWritePaths={shown} in a drop-in (systemctl edit pdrelay; README, Metrics)"
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether this process may create files in `dir` (access(2) with W_OK|X_OK: the mode, ACLs and
+/// a read-only mount all count).
+fn writable_by_me(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether user `uid` may create files in the directory `meta` describes, from its owner, group
+/// and mode and the user's groups. A directory with an ACL counts as writable (its mode bits do
+/// not tell), as does any directory for root.
+fn writable_by(meta: &std::fs::Metadata, dir: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if uid == 0 || has_acl(dir) {
+        return true;
+    }
+    if meta.uid() == uid {
+        return mode & 0o300 == 0o300;
+    }
+    if user_groups(uid).contains(&meta.gid()) {
+        return mode & 0o030 == 0o030;
+    }
+    mode & 0o003 == 0o003
+}
+
+/// Whether `path` carries a POSIX access ACL.
+fn has_acl(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(c), name) = (std::ffi::CString::new(path.as_os_str().as_bytes()), c"system.posix_acl_access") else {
+        return false;
+    };
+    // SAFETY: both strings are valid and NUL-terminated; a null buffer of size 0 asks for the size.
+    unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
+}
+
+/// The name of user `uid`, from the system's user database.
+fn user_name(uid: u32) -> Option<String> {
+    passwd(uid).map(|(name, _)| name)
+}
+
+/// Name and primary group of user `uid`.
+fn passwd(uid: u32) -> Option<(String, u32)> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the right type and size; getpwuid_r writes only
+    // into `pw` and `buf` and sets `result` to null or to `&pw`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated, and `buf` is alive.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
+    Some((name, pw.pw_gid))
+}
+
+/// The groups of user `uid` (primary and supplementary), at most 1024.
+fn user_groups(uid: u32) -> Vec<u32> {
+    let Some((name, gid)) = passwd(uid) else { return Vec::new() };
+    let Ok(cname) = std::ffi::CString::new(name) else { return vec![gid] };
+    let mut groups = vec![0 as libc::gid_t; 1024];
+    let mut n = groups.len() as libc::c_int;
+    // SAFETY: `groups` holds `n` entries; getgrouplist writes at most `n` and sets `n`.
+    let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+    if rc < 0 {
+        return vec![gid];
+    }
+    groups.truncate(n.max(0) as usize);
+    groups
+}
+
+/// The name of group `gid`, from the system's group database.
+fn group_name(gid: u32) -> Option<String> {
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `group_id`.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: gr_name points into `buf`, NUL-terminated, and `buf` is alive.
+    Some(unsafe { std::ffi::CStr::from_ptr(group.gr_name) }.to_string_lossy().into_owned())
+}
+
 /// The id of group `name` (or a number), from the system's group database.
 fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -985,6 +1226,42 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[ingest]\nspool_dir = \"/x\"\n").unwrap_err().to_string();
         assert!(err.contains("spool_dir"), "{err}");
+    }
+
+    #[test]
+    fn textfile_warnings_name_a_missing_or_sandboxed_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let with = |textfile: &Path| {
+            let text = format!("state_dir = {:?}\n[metrics]\ntextfile = {:?}\n", state, textfile);
+            Config::from_toml(&text).unwrap().host_warnings()
+        };
+        assert!(with(&state.join("pdrelay.prom")).is_empty());
+        let missing = with(&dir.path().join("nowhere/pdrelay.prom"));
+        assert!(missing.len() == 1 && missing[0].contains("does not exist"), "{missing:?}");
+        let outside = with(&dir.path().join("pdrelay.prom"));
+        assert!(outside.len() == 1 && outside[0].contains("ReadWritePaths="), "{outside:?}");
+        assert!(Config::from_toml("").unwrap().host_warnings().is_empty());
+    }
+
+    #[test]
+    fn every_toml_problem_is_reported_in_one_run() {
+        let text = "log_level = \"info\"\nbogus = 1\n[ingest]\nspool_dir = \"/x\"\nrescan_interval = \"5 parsecs\"\n\
+                    max_connections = \"many\"\n[pagerduty]\nconcurrency = 0\n";
+        let err = Config::from_toml(text).unwrap_err();
+        let ConfigError::Parse { problems, .. } = &err else { panic!("expected Parse: {err:?}") };
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("line 2: bogus = 1: unknown field `bogus`"), "{}", problems[0]);
+        assert!(problems.iter().any(|p| p.starts_with("line 4: spool_dir")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("line 5: rescan_interval")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("line 6: max_connections")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("pagerduty.concurrency")), "{problems:#?}");
+        assert!(err.to_string().lines().count() == 5);
+        // A syntax error stops the reading, alone.
+        let err = Config::from_toml("bogus = 1\n[ingest\n").unwrap_err();
+        let ConfigError::Parse { problems, .. } = &err else { panic!("expected Parse") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod event;
 pub mod http;
 pub mod intake;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod pagerduty;
 pub mod queue;

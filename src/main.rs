@@ -28,13 +28,25 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.config.is_none() {
+        cli.config = std::env::var_os("PDRELAY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+    }
     let explicit = cli.config.is_some();
     let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let config = match Config::load(&path, explicit || matches!(cli.command, Command::CheckConfig)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pdrelay: config: {}", e.to_string().replace('\n', "\npdrelay: config: "));
+            // Under systemd the daemon's config errors go to the journal at priority 3 (err).
+            let lead = if matches!(cli.command, Command::Daemon) && pdrelay::logging::stderr_is_journal() {
+                "<3>pdrelay: config: "
+            } else {
+                "pdrelay: config: "
+            };
+            eprintln!("{lead}{}", e.to_string().replace('\n', &format!("\n{lead}")));
+            if let Some(hint) = e.hint() {
+                eprintln!("pdrelay: hint: {hint}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -43,6 +55,9 @@ fn main() -> ExitCode {
     let silent_output = if pdagent_output { Output::Silent } else { Output::Pdrelay };
     match cli.command {
         Command::CheckConfig => {
+            for warning in config.host_warnings() {
+                eprintln!("pdrelay: warning: {warning}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
@@ -75,10 +90,66 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool, pdagent_output:
             },
         },
         QueueCommand::Purge { state, older_than } => {
-            AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) }
+            return run_purge(config, state, older_than, json);
         }
     };
     run_admin(config, request, json, "pdrelay queue", pd_queue_retry)
+}
+
+/// `queue purge`: says how many records of that state the queue holds before removing, then
+/// how many it removed (`--json`: the count only, as before).
+fn run_purge(
+    config: &Config,
+    state: admin::PurgeState,
+    older_than: Option<std::time::Duration>,
+    json: bool,
+) -> ExitCode {
+    let word = match state {
+        admin::PurgeState::Failed => "failed",
+        admin::PurgeState::Delivered => "delivered",
+        admin::PurgeState::Superseded => "superseded",
+    };
+    if !json {
+        if let Ok(AdminAnswer::Status(report)) = admin::call(config, AdminRequest::Status) {
+            let held = match state {
+                admin::PurgeState::Failed => report.total.failed,
+                admin::PurgeState::Delivered => report.total.delivered,
+                admin::PurgeState::Superseded => report.total.superseded,
+            };
+            let which = match older_than {
+                Some(d) => format!("those finished over {} ago", humantime::format_duration(d)),
+                None => "all of them".to_owned(),
+            };
+            println!("the queue holds {held} {word} event(s); removing {which}");
+        }
+    }
+    let request = AdminRequest::Purge { state, older_than_s: older_than.map(|d| d.as_secs()) };
+    match admin::call(config, request) {
+        Ok(AdminAnswer::Changed(n)) if !json => {
+            println!("removed {n} {word} event(s)");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            println!("{}", serde_json::to_string_pretty(&answer).expect("answers serialize"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay queue: {e}");
+            ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+/// Drop-files waiting in the spool directories (spool file names, and files the daemon claimed
+/// but has not stored yet). `None` for an unreadable directory.
+fn spool_waiting(config: &Config) -> Vec<(PathBuf, Option<usize>)> {
+    config
+        .file
+        .ingest
+        .spool_dirs
+        .iter()
+        .map(|dir| (dir.clone(), pdrelay::intake::spool::waiting_files(dir)))
+        .collect()
 }
 
 /// `queue status`, narrowed to one routing key when asked; pd-queue's table with
@@ -105,6 +176,18 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
         print!("{}", pdagent::render_pd_queue_status(&report));
     } else {
         print!("{}", admin::render(&AdminAnswer::Status(report)));
+        // Drop-files are not in the queue until the daemon reads them: say so when some wait
+        // (the daemon may be stopped, or behind).
+        for (dir, count) in spool_waiting(config) {
+            match count {
+                Some(0) => {}
+                Some(n) => println!(
+                    "\n{n} drop-file(s) waiting in {} (not counted above; the daemon stores them when it runs)",
+                    dir.display()
+                ),
+                None => println!("\n{}: cannot be read by this user; drop-files there are not counted", dir.display()),
+            }
+        }
         if let Some(key) = routing_key {
             let shown: String = key.chars().take(6).collect();
             println!(
@@ -300,9 +383,11 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
         Ok(sent) => {
             if !quiet {
                 match output {
-                    Output::Pdrelay => {
-                        println!("id={} dedup_key={}", sent.id, sent.dedup_key.as_deref().unwrap_or(""))
-                    }
+                    // A change event has no dedup key: only its id.
+                    Output::Pdrelay => match sent.dedup_key.as_deref() {
+                        Some(key) => println!("id={} dedup_key={key}", sent.id),
+                        None => println!("id={}", sent.id),
+                    },
                     Output::PdagentKey => println!("{}", pdagent::pd_send_line(sent.dedup_key.as_deref())),
                     Output::Silent => {}
                 }
@@ -325,23 +410,36 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
 
 fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.file.log_level));
+        .unwrap_or_else(|_| pdrelay::logging::level_filter(&config.file.log_level));
     // The filter sits behind a reload handle, so SIGHUP can change the log level.
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
-    // Under systemd, journald stamps each line itself: no timestamps, no colours there.
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let ansi = std::io::stderr().is_terminal();
+    // Under systemd, journald stamps each line itself and reads its priority from a `<N>` prefix:
+    // no timestamps, no colours, no padded level there.
+    let journald = pdrelay::logging::stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !journald;
     let registry = tracing_subscriber::registry().with(filter);
-    if config.file.log_format == "json" {
+    let json = config.file.log_format == "json";
+    if journald {
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+        let format = tracing_subscriber::fmt::format().without_time().with_level(false).with_ansi(false);
+        if json {
+            let inner = tracing_subscriber::fmt::format().json().with_current_span(false);
+            registry
+                .with(
+                    layer
+                        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                        .event_format(pdrelay::logging::Journald::new(inner, false)),
+                )
+                .init();
+        } else {
+            registry.with(layer.event_format(pdrelay::logging::Journald::new(format, true))).init();
+        }
+    } else if json {
         registry
             .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
-            .init();
-    } else if journald {
-        registry
-            .with(tracing_subscriber::fmt::layer().without_time().with_ansi(ansi).with_writer(std::io::stderr))
             .init();
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
@@ -353,7 +451,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             let new = Config::load(&path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
             let restart = pdrelay::live::restart_needed(&old, &new.file);
             if std::env::var_os("RUST_LOG").is_none() {
-                let level = tracing_subscriber::EnvFilter::new(&new.file.log_level);
+                let level = pdrelay::logging::level_filter(&new.file.log_level);
                 filter_handle.reload(level).map_err(|e| e.to_string())?;
             }
             live.replace(&new);

@@ -227,7 +227,8 @@ pub fn pd_nagios_dedup_key(object: NagiosObject, macros: &BTreeMap<String, Strin
 /// Maps a notification to an event, or says why it is ignored.
 ///
 /// Errors: a missing required macro (HOSTNAME, HOSTSTATE for hosts; HOSTNAME, SERVICEDESC,
-/// SERVICESTATE for services), a missing object, a bad routing key.
+/// SERVICESTATE for services), a missing object, a bad routing key, a notification type that is
+/// not in `[nagios] notification_types` (a misspelt type must not page nobody silently).
 pub fn map(n: &Notification, settings: &NagiosSettings, defaults: &IntakeDefaults) -> Result<Mapped, EventError> {
     map_api(n, ApiVersion::V2, settings, defaults)
 }
@@ -268,9 +269,12 @@ pub fn map_api(
             )))
         }
         None => {
-            return Ok(Mapped::Ignored(format!(
-                "notification type {ntype:?} is not in [nagios] notification_types; nothing sent"
-            )))
+            let known: Vec<&str> = settings.notification_types.keys().map(String::as_str).collect();
+            let got: String = n.notification_type.chars().take(64).collect();
+            return Err(EventError::new(
+                "notification type (-t, NOTIFICATIONTYPE)",
+                format!("must be one of [nagios] notification_types: {} (got {got:?})", known.join(", ")),
+            ));
         }
     };
     let dedup_key = match &n.dedup_key {
@@ -398,7 +402,6 @@ mod tests {
             ("DOWNTIMECANCELLED", None),
             ("DowntimeRemoved", None),
             ("CUSTOM", None),
-            ("SOMETHINGNEW", None),
         ];
         for (ntype, want) in cases {
             for n in [service(ntype, "CRITICAL"), host(ntype, "DOWN")] {
@@ -409,6 +412,15 @@ mod tests {
                     (w, g) => panic!("{ntype}: want {w:?}, got {g:?}"),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn an_unknown_notification_type_is_an_error() {
+        let s = NagiosSettings::default();
+        for ntype in ["SOMETHINGNEW", "PROBELM", ""] {
+            let err = map(&service(ntype, "CRITICAL"), &s, &defaults()).unwrap_err().to_string();
+            assert!(err.contains("notification type") && err.contains("PROBLEM"), "{err}");
         }
     }
 

@@ -164,18 +164,24 @@ fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
 }
 
-/// Files waiting in a spool directory: entries with a spool file's name, plus files claimed
-/// but not yet stored (in `.claim/`). For `queue status` with the daemon stopped.
-pub fn waiting_files(dir: &std::path::Path) -> usize {
-    let count = |d: &std::path::Path, claimed: bool| {
-        std::fs::read_dir(d).map_or(0, |entries| {
+/// Files waiting in a spool directory, counting at most 100,000 entries of each place: entries
+/// with a spool file's name, plus files claimed but not yet stored (in `.claim/`, which the
+/// daemon's user and root can read). For `queue status` with the daemon stopped. `None` when
+/// the directory cannot be read by the caller.
+pub fn waiting_files(dir: &std::path::Path) -> Option<usize> {
+    let count = |d: &std::path::Path, claimed: bool| match std::fs::read_dir(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+        Err(_) => None,
+        Ok(entries) => Some(
             entries
+                .take(100_000)
                 .filter_map(Result::ok)
                 .filter(|e| claimed || e.file_name().to_str().is_some_and(is_spool_file))
-                .count()
-        })
+                .count(),
+        ),
     };
-    count(dir, false) + count(&dir.join(CLAIM_DIR), true)
+    let waiting = count(dir, false)?;
+    Some(waiting + count(&dir.join(CLAIM_DIR), true).unwrap_or(0))
 }
 
 /// Watches and drains the spool directories until shutdown. The work runs on one blocking

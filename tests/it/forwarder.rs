@@ -168,7 +168,11 @@ fn v1_and_change_events_reach_their_endpoints() {
         .send(&["--api", "v1", "-k", &rk, "-t", "trigger", "-d", "v1 trigger", "-i", "v1-key", "-f", "a=b"])
         .status
         .success());
-    assert!(env.send(&["--change", "-k", &rk, "-d", "deployed build 42", "--source", "ci"]).status.success());
+    let change = env.send(&["--change", "-k", &rk, "-d", "deployed build 42", "--source", "ci"]);
+    assert!(change.status.success());
+    // A change event has no dedup key: `id=...` alone, not an empty `dedup_key=`.
+    let printed = String::from_utf8_lossy(&change.stdout);
+    assert!(printed.starts_with("id=") && !printed.contains("dedup_key"), "{printed}");
     let pdagent = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/pdagent-queue-samples/test_30_encoding.pdq1.txt"))
         .unwrap_or_else(|_| r#"{"description":"\u00e9","details":{},"event_type":"acknowledge","incident_key":"server.fire","service_key":"DUMMY_SERVICE_KEY"}"#.to_owned())
         .replace("DUMMY_SERVICE_KEY", &rk);
@@ -439,4 +443,17 @@ fn check_config_reports_every_problem() {
     let out = env.command().args(["check-config", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `spool`"));
+}
+
+#[test]
+fn a_config_from_the_environment_is_not_shown_as_required_in_usage() {
+    let env = TestEnv::new();
+    let out = std::process::Command::new(BIN).arg("nagios").env("PDRELAY_CONFIG", &env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: pdrelay nagios") && !err.contains("--config"), "{err}");
+    // ...and it is still the config used.
+    std::fs::write(&env.config, "bogus = 1\n").unwrap();
+    let out = std::process::Command::new(BIN).arg("check-config").env("PDRELAY_CONFIG", &env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }

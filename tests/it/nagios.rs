@@ -116,6 +116,12 @@ fn ignored_types_exit_0_and_missing_macros_exit_2() {
     );
     let out = nagios(&env, &["-k", &rk, "-t", "PROBLEM", "-n", "neither"], &[]);
     assert_eq!(out.status.code(), Some(2));
+    // A misspelt type in a Nagios command must not page nobody with exit 0.
+    let out =
+        nagios(&env, &["-k", &rk, "-t", "PROBELM", "-n", "host", "-f", "HOSTNAME=a", "-f", "HOSTSTATE=DOWN"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("notification type") && err.contains("\"PROBELM\""), "{err}");
     assert!(env.spool_files().is_empty(), "nothing stored");
 }
 

@@ -281,3 +281,59 @@ fn retention_removes_old_records_and_expires_what_waited_too_long() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(env.fake.accepted().iter().all(|r| r.body["dedup_key"] != "x"), "an expired event is not sent");
 }
+
+#[test]
+fn show_names_the_state_as_list_and_status_do_and_shortens_the_key_throughout() {
+    // A failed attempt and an hour to the next: the event waits, stably.
+    let env = TestEnv::with_config("[retry]\ninitial_interval = \"1h\"\nmax_interval = \"1h\"\n");
+    env.fake.set_down(true);
+    let _d = env.start();
+    let rk = routing_key(61);
+    let mut c = env.connect();
+    c.send_line(&trigger(&rk, "w", "waits for its retry"));
+    let id = c.read_reply()["id"].as_str().unwrap().to_owned();
+    wait_until("the event waits for its retry", WAIT, || {
+        let list = env.queue_json(&["list"]);
+        list.as_array().is_some_and(|a| a.iter().any(|r| r["id"] == id.as_str() && r["state"] == "waiting"))
+    });
+    let status = env.command().args(["queue", "status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["waiting", "1"]), "{status}");
+    let out = env.command().args(["queue", "show", &id]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "state        waiting"), "{text}");
+    assert!(!text.contains(&rk), "the routing key is shortened in the event too: {text}");
+    assert!(text.contains(&format!("\"routing_key\": \"{}…\"", &rk[..6])), "{text}");
+}
+
+#[test]
+fn a_config_only_its_group_may_read_names_the_group_to_join() {
+    let env = TestEnv::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["send", "-k", &routing_key(62), "-t", "trigger", "-d", "x"])
+        .env("PDRELAY_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied") && err.contains("hint:") && err.contains("usermod -aG"), "{err}");
+}
+
+#[test]
+fn status_with_the_daemon_stopped_mentions_waiting_drop_files_and_purge_says_how_many() {
+    let env = TestEnv::new();
+    env.drop_file("a.json", &trigger(&routing_key(63), "a", "waits in the spool"));
+    let out = env.command().args(["queue", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("1 drop-file(s) waiting in"), "{text}");
+    let out = env.command().args(["queue", "purge", "--state", "delivered"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the queue holds 0 delivered event(s); removing all of them"), "{text}");
+    assert!(text.contains("removed 0 delivered event(s)"), "{text}");
+}
