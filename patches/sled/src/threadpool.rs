@@ -53,6 +53,20 @@ impl Queue {
         queue.pop_front()
     }
 
+    // pdrelay patch: waits for work without a deadline, for the immortal
+    // threads, which have nothing to do on a timeout but wait again.
+    fn recv(&self) -> Option<Work> {
+        let mut queue = self.mu.lock();
+
+        while queue.is_empty() {
+            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
+            self.cv.wait(&mut queue);
+            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
+        }
+
+        queue.pop_front()
+    }
+
     fn try_recv(&self) -> Option<Work> {
         let mut queue = self.mu.lock();
         queue.pop_front()
@@ -96,7 +110,17 @@ fn perform_work(is_immortal: bool) {
 
     while is_immortal || performed < 5 || contiguous_overshoots < 3 {
         debug_delay();
-        let task_res = QUEUE.recv_timeout(wait_limit);
+        // pdrelay patch: immortal threads no longer wake every wait_limit;
+        // a dynamic thread ends after a wait_limit without work.
+        let task_res = if is_immortal {
+            QUEUE.recv()
+        } else {
+            QUEUE.recv_timeout(wait_limit)
+        };
+
+        if task_res.is_none() && !is_immortal {
+            break;
+        }
 
         if let Some(task) = task_res {
             WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
