@@ -356,9 +356,9 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             Ok(())
         }
     };
-    // Idle blocking threads are kept for a minute (tokio's default is 10 s, the default spool
-    // rescan interval): each rescan then reuses the thread the last one used instead of starting
-    // one, a handful of wake-ups fewer every rescan.
+    // Idle blocking threads are kept for a minute (tokio's default, 10 s, is shorter than the
+    // default spool rescan interval, 30 s): each rescan then reuses the thread the last one used
+    // instead of starting one, a few wake-ups fewer for an idle daemon.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pdrelay")
