@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pdrelay benchmarks: one command, figures printed as a table (and bench/results.json).
-#   bench/run.sh          full run (1,000,000 pending; about 5 minutes on 2 cores)
-#   QUICK=1 bench/run.sh  smaller counts (about 1 minute)
+#   bench/run.sh          full run (1,000,000 pending; about 7 minutes on 2 cores)
+#   QUICK=1 bench/run.sh  smaller counts (about 3 minutes; the idle minute is always a minute)
 #   ONLY="pending drain" bench/run.sh   some parts: idle (with latency and send), intake, pending,
 #                                       spool, drain, bigfile, recovery
 # Everything runs on this machine: the daemon (release build), the receiver (the tests' fake
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin pdrelay --example receiver
 T="${CARGO_TARGET_DIR:-target}/release"
-B="$T/pdrelay"
+B="${PDRELAY_BIN:-$T/pdrelay}" # PDRELAY_BIN: measure another build (an older one, for a before)
 W=$(mktemp -d /tmp/pdrelay-bench.XXXXXX)
 PORT=${PORT:-18799}
 PIDS=()
@@ -33,7 +33,6 @@ min_free_bytes = 0
 socket = "$W/$1/run/pdrelay.sock"
 admin_socket = "$W/$1/run/admin.sock"
 spool_dirs = ["$W/$1/spool"]
-rescan_interval = "10s"
 [pagerduty]
 events_url = "http://127.0.0.1:$PORT"
 concurrency = 64
@@ -49,20 +48,19 @@ daemon() { # $1 = name
 }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status"; }
-wakeups() { # context switches of all the daemon's threads
-  cat /proc/"$1"/task/*/status | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s+=$2} END {print s}'
-}
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 say() { echo "$1" | tee -a "$RESULTS"; }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 
-# 1. Idle: resident memory and wake-ups with an empty queue.
+# 1. Idle: resident memory, and wake-ups (context switches of every thread, from
+#    /proc/PID/task/*/status) over a minute with an empty queue, total and by thread.
 if want idle; then
 config idle 1000000; receiver; daemon idle; sleep 2
-w0=$(wakeups $DPID); sleep 10; w1=$(wakeups $DPID)
 say "idle_rss_kb $(kb $DPID VmRSS)"
-say "idle_wakeups_per_s $(awk -v a=$w0 -v b=$w1 'BEGIN {printf "%.1f", (b-a)/10}')"
+python3 bench/wakeups.py $DPID "${IDLE_SECONDS:-60}" > "$W/wakeups.json"
+say "idle_wakeups_per_s $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total_per_second"])' "$W/wakeups.json")"
+say "idle_wakeups_by_thread $(cat "$W/wakeups.json")"
 
 # 2. Latency with an idle queue: socket line and spool file to the receiver.
 say "latency_socket $(python3 bench/latency.py socket "$W/idle/run/pdrelay.sock" "$W/received.log" 200)"
@@ -131,6 +129,10 @@ t = [float(l.split(" ", 1)[0]) for l in open(sys.argv[1]) if " /v2/" in l]
 print(json.dumps({"events": len(t), "seconds": round(t[-1] - t[0], 3), "per_second": round(len(t) / (t[-1] - t[0]))}))
 PY
 )"
+# Idle again after the burst: threads added under load (sled's pool grows past its 7) must end.
+python3 bench/wakeups.py $DPID 30 > "$W/wakeups.json"
+say "drained_wakeups_per_s $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total_per_second"])' "$W/wakeups.json")"
+say "drained_wakeups_by_thread $(cat "$W/wakeups.json")"
 stop $DPID; stop $RECV
 fi
 # 8. One big spool file (issue 13): a 16 MB .ndjson of small events, streamed in bounded

@@ -154,7 +154,7 @@ async fn serve(
         window: file.queue.dispatch_window,
         shutdown_timeout: file.shutdown_timeout,
         failing: Default::default(),
-        heartbeat: watchdog.map(|w| w / 4),
+        heartbeat_probe: Default::default(),
         heartbeat_ms: Default::default(),
         metrics: Some(metrics.clone()),
         outage_after: file.delivery.outage_after,
@@ -163,13 +163,13 @@ async fn serve(
         drop_stale_pairs: file.delivery.drop_stale_pairs,
     };
     store.set_rate_limits(settings.rate_limits.clone());
-    let heartbeat_ms = settings.heartbeat_ms.clone();
+    let heartbeat = (settings.heartbeat_probe.clone(), settings.heartbeat_ms.clone());
     let mut delivery_shutdown = shutdown.clone();
     let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
     info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
     ready();
     if let Some(period) = watchdog {
-        tokio::spawn(run_watchdog(store.clone(), heartbeat_ms, period, alive, shutdown.clone()));
+        tokio::spawn(run_watchdog(store.clone(), heartbeat, period, alive, shutdown.clone()));
     }
 
     tokio::pin!(stop);
@@ -206,10 +206,12 @@ async fn serve(
 
 /// Pings systemd's watchdog at half its period, only while the committer answers a probe within
 /// that period and the dispatcher loop turned within it: a stuck loop stops the pings, and
-/// systemd restarts the service.
+/// systemd restarts the service. The dispatcher is probed (`heartbeat.0`, notified each tick; it
+/// stamps `heartbeat.1`, ms since the epoch, as its loop turns) rather than woken by a timer of
+/// its own, so an idle daemon wakes only for these ticks.
 async fn run_watchdog(
     store: Store,
-    heartbeat_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    heartbeat: (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<std::sync::atomic::AtomicU64>),
     period: std::time::Duration,
     alive: impl Fn(),
     mut shutdown: Shutdown,
@@ -220,8 +222,11 @@ async fn run_watchdog(
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
+        heartbeat.0.notify_one();
         let committer_ok = matches!(tokio::time::timeout(period / 2, store.ping()).await, Ok(Ok(())));
-        let last = heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        // The stamp of the loop's turn for this probe, or for an earlier one: a loop stuck for a
+        // whole period leaves it older than that.
+        let last = heartbeat.1.load(std::sync::atomic::Ordering::Relaxed);
         let dispatcher_ok = crate::queue::store::now_ms().saturating_sub(last) < period.as_millis() as u64;
         if committer_ok && dispatcher_ok {
             alive();

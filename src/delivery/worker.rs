@@ -86,9 +86,9 @@ pub struct DeliverySettings {
     pub shutdown_timeout: Duration,
     /// Set while deliveries fail, so that the change is logged once each way, not per event.
     pub failing: Arc<std::sync::atomic::AtomicBool>,
-    /// When set, the dispatcher loop turns at least this often and stamps `heartbeat_ms`, so a
-    /// watchdog can tell a stuck loop from an idle one.
-    pub heartbeat: Option<Duration>,
+    /// Notified by a watchdog: the dispatcher loop turns once and stamps `heartbeat_ms`, so the
+    /// watchdog can tell a stuck loop from an idle one without a timer waking an idle daemon.
+    pub heartbeat_probe: Arc<tokio::sync::Notify>,
     /// Last turn of the dispatcher loop, ms since the epoch.
     pub heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where attempts are counted.
@@ -280,7 +280,7 @@ pub async fn run(
         }
     }
     tokio::pin!(shutdown);
-    let beat = d.settings.heartbeat;
+    let probe = d.settings.heartbeat_probe.clone();
     let stamp = d.settings.heartbeat_ms.clone();
     loop {
         stamp.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -316,7 +316,7 @@ pub async fn run(
             }
             Some(joined) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => d.finish(joined),
             _ = timer => d.fire_timers(),
-            _ = async { match beat { Some(b) => tokio::time::sleep(b).await, None => std::future::pending().await } } => {}
+            _ = probe.notified() => {}
         }
     }
     let in_flight = d.in_flight.len();
