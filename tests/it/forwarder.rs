@@ -319,6 +319,8 @@ fn a_400_moves_the_event_to_failed_with_pagerdutys_errors() {
     let reply = c.read_reply();
     assert_eq!(reply["ok"], true);
     let id = reply["id"].as_str().unwrap().to_owned();
+    // The next event only once the first has met the 400, so the fault cannot fall on it.
+    wait_until("the first event refused", WAIT, || env.queue_json(&["show", &id])["state"] == "failed");
     c.send_line(&trigger(&rk, "next", "goes through"));
     assert_eq!(c.read_reply()["ok"], true);
     env.fake.wait_accepted(1, WAIT);
