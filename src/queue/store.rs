@@ -11,6 +11,7 @@
 //! | `k` routing key | pause-until, ms since the epoch (u64): 429 / v1 403 pauses |
 //! | `a` routing key, 0, dedup key | [`AlertState`], JSON: dedup-key tracking |
 //! | `m` name | last success, last error |
+//! | `p` routing key, 0, dedup key | [`PagerDutyView`], JSON: PagerDuty's side (reconciliation) |
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{error, warn};
 
 use super::record::{Record, State};
+use super::view::PagerDutyView;
 use crate::event::{Event, EventAction, RoutingKey};
 
 /// sled's page cache, in bytes (8 MiB: with 1,000,000 pending, 16 MiB measured 133 MB resident
@@ -310,8 +312,12 @@ impl AlertState {
 }
 
 fn alert_key(routing_key: &str, dedup_key: &str) -> Vec<u8> {
+    prefixed_key(b'a', routing_key, dedup_key)
+}
+
+fn prefixed_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
-    k.push(b'a');
+    k.push(prefix);
     k.extend_from_slice(routing_key.as_bytes());
     k.push(0);
     k.extend_from_slice(dedup_key.as_bytes());
@@ -407,6 +413,8 @@ enum Op {
     Remove(Vec<u64>),
     /// Dedup-key tracking of resolved alerts older than this (ms since the epoch) removed.
     ForgetResolved(u64),
+    /// PagerDuty's views of dedup keys written (`Some`) or removed (`None`).
+    PutViews(Vec<(PagerDutyView, bool)>),
     /// Nothing: answers once the committer gets to it (a liveness probe for the watchdog).
     Ping,
 }
@@ -909,6 +917,24 @@ impl Store {
         Ok(out)
     }
 
+    /// PagerDuty's views of tracked dedup keys (reconciliation), in key order.
+    pub fn pagerduty_views(&self) -> Result<Vec<PagerDutyView>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'p']) {
+            let (_, v) = item?;
+            if let Ok(view) = serde_json::from_slice(&v) {
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes PagerDuty's views (`true`) or removes them (`false`), in one commit. Returns how
+    /// many were written or removed.
+    pub async fn put_pagerduty_views(&self, views: Vec<(PagerDutyView, bool)>) -> Result<usize, StoreError> {
+        self.changed(Op::PutViews(views)).await
+    }
+
     /// Forgets resolved alerts whose resolve was delivered before `before_ms`.
     pub async fn forget_resolved(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.changed(Op::ForgetResolved(before_ms)).await
@@ -1371,6 +1397,18 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     changed.map(|e| Reply::Changed(e.len()))
                 }
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
+                Op::PutViews(views) => {
+                    let n = views.len();
+                    for (view, keep) in views {
+                        let k = prefixed_key(b'p', &view.routing_key, &view.dedup_key);
+                        if keep {
+                            batch.insert(k, serde_json::to_vec(&view).expect("views encode"));
+                        } else {
+                            batch.remove(k);
+                        }
+                    }
+                    Ok(Reply::Changed(n))
+                }
                 Op::Ping => Ok(Reply::Done),
             };
             replies.push((req.reply, result));
