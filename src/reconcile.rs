@@ -90,6 +90,8 @@ pub async fn read_views(
         previous.iter().map(|v| ((v.routing_key.as_str(), v.dedup_key.as_str()), &v.acked_back)).collect();
     let mut out = Vec::new();
     for (rk, dk) in targets {
+        // The time the read began: of two overlapping reads, the later-begun one is kept.
+        let checked_ms = now_ms();
         let incident = match client.newest_incident(dk).await {
             Ok(i) => i,
             Err(e) => return (out, Some(e)),
@@ -106,7 +108,7 @@ pub async fn read_views(
                     html_url: i.html_url.clone(),
                     by,
                     changed_at,
-                    checked_ms: now_ms(),
+                    checked_ms,
                     acked_back,
                 }
             }
@@ -118,7 +120,7 @@ pub async fn read_views(
                 html_url: None,
                 by: None,
                 changed_at: None,
-                checked_ms: now_ms(),
+                checked_ms,
                 acked_back,
             },
         };

@@ -166,17 +166,23 @@ impl RestClient {
     /// [`MAX_PAGES`]); `None` when PagerDuty has none.
     pub async fn newest_incident(&self, dedup_key: &str) -> Result<Option<Incident>, RestError> {
         let mut newest: Option<Incident> = None;
-        for page in 0..MAX_PAGES {
+        // The next offset: what was read so far (PagerDuty may answer fewer than asked).
+        let mut offset = 0usize;
+        for _ in 0..MAX_PAGES {
             let mut query: Vec<(&str, String)> = vec![
                 ("incident_key", dedup_key.to_owned()),
                 ("date_range", "all".to_owned()),
                 ("limit", PAGE_LIMIT.to_string()),
-                ("offset", (page * PAGE_LIMIT).to_string()),
+                ("offset", offset.to_string()),
             ];
             for id in &self.service_ids {
                 query.push(("service_ids[]", id.clone()));
             }
             let page: Page = self.get("/incidents", &query).await?;
+            if page.incidents.is_empty() {
+                break;
+            }
+            offset += page.incidents.len();
             for incident in page.incidents {
                 if newest.as_ref().is_none_or(|n| incident.created_at > n.created_at) {
                     newest = Some(incident);

@@ -324,6 +324,36 @@ fn prefixed_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
     k
 }
 
+fn put_views(inner: &Inner, views: Vec<(PagerDutyView, bool)>, batch: &mut sled::Batch) -> Result<usize, StoreError> {
+    let n = views.len();
+    for (view, keep) in views {
+        let k = prefixed_key(b'p', &view.routing_key, &view.dedup_key);
+        if keep {
+            let old = inner.tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+            batch.insert(k, serde_json::to_vec(&merge_view(old, view)).expect("views encode"));
+        } else {
+            batch.remove(k);
+        }
+    }
+    Ok(n)
+}
+
+/// What to store when `new` is written over `old`: the newer read wins (two passes may overlap:
+/// the daemon's and `alerts --refresh`), and an ack-back mark is never lost, so an
+/// acknowledgement is passed back once.
+fn merge_view(old: Option<PagerDutyView>, new: PagerDutyView) -> PagerDutyView {
+    match old {
+        None => new,
+        Some(mut old) if old.checked_ms > new.checked_ms => {
+            if new.acked_back.is_some() {
+                old.acked_back = new.acked_back;
+            }
+            old
+        }
+        Some(old) => PagerDutyView { acked_back: new.acked_back.or(old.acked_back), ..new },
+    }
+}
+
 /// A moment and what happened then: (ms since the epoch, text).
 pub type Stamp = (u64, String);
 
@@ -1397,18 +1427,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     changed.map(|e| Reply::Changed(e.len()))
                 }
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
-                Op::PutViews(views) => {
-                    let n = views.len();
-                    for (view, keep) in views {
-                        let k = prefixed_key(b'p', &view.routing_key, &view.dedup_key);
-                        if keep {
-                            batch.insert(k, serde_json::to_vec(&view).expect("views encode"));
-                        } else {
-                            batch.remove(k);
-                        }
-                    }
-                    Ok(Reply::Changed(n))
-                }
+                Op::PutViews(views) => put_views(inner, views, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
             };
             replies.push((req.reply, result));
