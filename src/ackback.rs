@@ -86,17 +86,16 @@ pub fn nagios_command(problem: &Problem, comment: &str, now_s: u64) -> String {
 /// until `timeout`. A line is at most a few KiB, under PIPE_BUF, so it goes in whole or not at
 /// all. A regular file (some setups, and tests) is appended to.
 pub fn write_command(path: &Path, line: &str, timeout: Duration) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                std::io::Error::other(format!("{}: nobody reads it (is Nagios running?)", path.display()))
-            } else {
-                std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-            }
-        })?;
+    let mut file =
+        std::fs::OpenOptions::new().append(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(
+            |e| {
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    std::io::Error::other(format!("{}: nobody reads it (is Nagios running?)", path.display()))
+                } else {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                }
+            },
+        )?;
     let end = Instant::now() + timeout;
     loop {
         match file.write(line.as_bytes()) {
@@ -193,8 +192,8 @@ impl AckBack {
                 .connect_timeout(section.timeout);
             if !section.icinga2_ca_file.as_os_str().is_empty() {
                 let p = &section.icinga2_ca_file;
-                let pem =
-                    std::fs::read(p).map_err(|e| format!("ackback.icinga2_ca_file: cannot read {}: {e}", p.display()))?;
+                let pem = std::fs::read(p)
+                    .map_err(|e| format!("ackback.icinga2_ca_file: cannot read {}: {e}", p.display()))?;
                 for cert in reqwest::Certificate::from_pem_bundle(&pem)
                     .map_err(|e| format!("ackback.icinga2_ca_file {}: {e}", p.display()))?
                 {

@@ -355,9 +355,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             Ok(AdminAnswer::List(out))
         }
         AdminRequest::Alerts => Ok(AdminAnswer::Alerts(open_alerts(store)?)),
-        AdminRequest::Ledger => {
-            Ok(AdminAnswer::Ledger { alerts: store.alerts()?, views: store.pagerduty_views()? })
-        }
+        AdminRequest::Ledger => Ok(AdminAnswer::Ledger { alerts: store.alerts()?, views: store.pagerduty_views()? }),
         AdminRequest::PutViews { views } => {
             Ok(AdminAnswer::Changed(store.put_pagerduty_views(views.into_iter().map(|v| (v, true)).collect()).await?))
         }
@@ -539,11 +537,8 @@ pub async fn run_retention(store: Store, retention: RetentionSection, mut shutdo
 
 /// Open alerts, both sides: open here, or open in PagerDuty while resolved here.
 fn open_alerts(store: &Store) -> Result<Vec<OpenAlert>, AdminError> {
-    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> = store
-        .pagerduty_views()?
-        .into_iter()
-        .map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v))
-        .collect();
+    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> =
+        store.pagerduty_views()?.into_iter().map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v)).collect();
     let mut out = Vec::new();
     for a in store.alerts()? {
         let view = views.get(&(a.routing_key.clone(), a.dedup_key.clone()));
@@ -570,11 +565,8 @@ fn open_alerts(store: &Store) -> Result<Vec<OpenAlert>, AdminError> {
 /// Queues a resolve again for every alert resolved here and still open in PagerDuty (a resolve
 /// PagerDuty dropped, as during a maintenance window). Returns how many.
 async fn resend_resolves(store: &Store) -> Result<AdminAnswer, AdminError> {
-    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> = store
-        .pagerduty_views()?
-        .into_iter()
-        .map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v))
-        .collect();
+    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> =
+        store.pagerduty_views()?.into_iter().map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v)).collect();
     let mut events = Vec::new();
     for a in store.alerts()? {
         let view = views.get(&(a.routing_key.clone(), a.dedup_key.clone()));
@@ -582,9 +574,11 @@ async fn resend_resolves(store: &Store) -> Result<AdminAnswer, AdminError> {
         if disagreement != Some(crate::queue::view::RESOLVED_HERE_OPEN_THERE) {
             continue;
         }
-        let body = serde_json::json!({"routing_key": a.routing_key, "event_action": "resolve", "dedup_key": a.dedup_key});
-        let event = crate::event::Event::from_json(body.to_string().as_bytes(), &crate::event::IntakeDefaults::default())
-            .map_err(|e| AdminError::Failed(format!("dedup_key {}: {e}", crate::text::escaped(&a.dedup_key))))?;
+        let body =
+            serde_json::json!({"routing_key": a.routing_key, "event_action": "resolve", "dedup_key": a.dedup_key});
+        let event =
+            crate::event::Event::from_json(body.to_string().as_bytes(), &crate::event::IntakeDefaults::default())
+                .map_err(|e| AdminError::Failed(format!("dedup_key {}: {e}", crate::text::escaped(&a.dedup_key))))?;
         events.push(crate::queue::store::NewEvent { id: None, intake: "send", event });
     }
     let n = events.len();

@@ -359,8 +359,9 @@ impl PagerDutySection {
         if self.rest_api_key_file.as_os_str().is_empty() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&self.rest_api_key_file)
-            .map_err(|e| format!("pagerduty.rest_api_key_file: cannot read {}: {e}", self.rest_api_key_file.display()))?;
+        let text = std::fs::read_to_string(&self.rest_api_key_file).map_err(|e| {
+            format!("pagerduty.rest_api_key_file: cannot read {}: {e}", self.rest_api_key_file.display())
+        })?;
         match text.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
             Some(key) => Ok(Some(key.to_owned())),
             None => Err(format!("pagerduty.rest_api_key_file: {} is empty", self.rest_api_key_file.display())),

@@ -71,11 +71,8 @@ pub fn plan(alerts: &[AlertState], views: &[PagerDutyView]) -> (Vec<(String, Str
     targets.truncate(MAX_KEYS_PER_PASS);
     let tracked: std::collections::HashSet<(&str, &str)> =
         alerts.iter().map(|a| (a.routing_key.as_str(), a.dedup_key.as_str())).collect();
-    let gone = views
-        .iter()
-        .filter(|v| !tracked.contains(&(v.routing_key.as_str(), v.dedup_key.as_str())))
-        .cloned()
-        .collect();
+    let gone =
+        views.iter().filter(|v| !tracked.contains(&(v.routing_key.as_str(), v.dedup_key.as_str()))).cloned().collect();
     (targets.into_iter().map(|(_, rk, dk)| (rk, dk)).collect(), gone)
 }
 
@@ -159,7 +156,13 @@ pub async fn pass(store: &Store, client: &RestClient) -> Result<usize, RestError
 
 /// The daemon's loop: a pass every `interval` (the first at once), then ack-back; logs an error
 /// once when it starts and once when it clears, never the key.
-pub async fn run(store: Store, client: RestClient, ackback: Option<AckBack>, interval: Duration, mut shutdown: Shutdown) {
+pub async fn run(
+    store: Store,
+    client: RestClient,
+    ackback: Option<AckBack>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;

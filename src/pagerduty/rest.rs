@@ -199,7 +199,8 @@ impl RestClient {
         let mut backoff = Duration::from_secs(1);
         let mut retries = 0;
         loop {
-            let wait = self.not_before.lock().expect("rate lock").take().map(|t| t.saturating_duration_since(Instant::now()));
+            let wait =
+                self.not_before.lock().expect("rate lock").take().map(|t| t.saturating_duration_since(Instant::now()));
             if let Some(wait) = wait.filter(|w| !w.is_zero()) {
                 tokio::time::sleep(wait.min(MAX_WAIT)).await;
             }

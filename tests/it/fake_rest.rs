@@ -144,7 +144,10 @@ fn reply(status: u16, body: Value, remaining: u64) -> Response<Body> {
         .unwrap()
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, state: Arc<Mutex<State>>) -> Result<Response<Body>, std::io::Error> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Body>, std::io::Error> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let path = req.uri().path().to_owned();
@@ -155,7 +158,11 @@ async fn handle(req: Request<hyper::body::Incoming>, state: Arc<Mutex<State>>) -
     if path == "/v1/actions/acknowledge-problem" && method == hyper::Method::POST {
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         s.icinga.push((auth, value));
-        return Ok(reply(200, json!({"results": [{"code": 200.0, "status": "Successfully acknowledged problem."}]}), 0));
+        return Ok(reply(
+            200,
+            json!({"results": [{"code": 200.0, "status": "Successfully acknowledged problem."}]}),
+            0,
+        ));
     }
     if path != "/incidents" || method != hyper::Method::GET {
         return Ok(reply(404, json!({"error": {"message": "Not Found", "code": 2100}}), 900));

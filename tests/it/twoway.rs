@@ -65,7 +65,10 @@ fn the_ledger_follows_pagerduty_through_pages_and_429s() {
     assert_eq!(r["disagreement"], "open here, resolved in PagerDuty");
     assert!(rest.throttled() >= 1, "the 429 was answered");
     let requests = rest.requests();
-    assert!(requests.iter().any(|(q, _)| q.contains("incident_key=acked-1") && q.contains("offset=1")), "paged: {requests:?}");
+    assert!(
+        requests.iter().any(|(q, _)| q.contains("incident_key=acked-1") && q.contains("offset=1")),
+        "paged: {requests:?}"
+    );
     assert!(requests.iter().all(|(_, auth)| auth == &format!("Token token={GOOD_KEY}")));
     // The table shows both sides and the disagreement.
     let table = env.command().arg("alerts").output().unwrap();
@@ -89,7 +92,9 @@ fn a_resolve_pagerduty_dropped_is_shown_and_sent_again_with_one_command() {
     let mut c = env.connect();
     c.send_line(&trigger(&rk, "lost-resolve", "disk full"));
     c.read_reply();
-    c.send_line(&serde_json::json!({"routing_key": rk, "event_action": "resolve", "dedup_key": "lost-resolve"}).to_string());
+    c.send_line(
+        &serde_json::json!({"routing_key": rk, "event_action": "resolve", "dedup_key": "lost-resolve"}).to_string(),
+    );
     c.read_reply();
     env.fake.wait_accepted(2, WAIT);
     // PagerDuty took the resolve during a maintenance window and did nothing with it.
@@ -97,10 +102,7 @@ fn a_resolve_pagerduty_dropped_is_shown_and_sent_again_with_one_command() {
     let out = env.command().args(["alerts", "--refresh"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("resolved here, still open in PagerDuty: `pdrelay alerts --resend-resolves`"),
-        "{text}"
-    );
+    assert!(text.contains("resolved here, still open in PagerDuty: `pdrelay alerts --resend-resolves`"), "{text}");
     let out = env.command().args(["alerts", "--resend-resolves"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 resolve(s) queued again");
@@ -221,9 +223,75 @@ fn ack_back_needs_a_rest_key_and_secrets_stay_out_of_check_config() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ackback: needs pagerduty.rest_api_key"), "{err}");
-    let env = TestEnv::with_config("[pagerduty]\nrest_api_key = \"has space in it 12345\"\nrest_api_key_file = \"/x\"\n");
+    let env =
+        TestEnv::with_config("[pagerduty]\nrest_api_key = \"has space in it 12345\"\nrest_api_key_file = \"/x\"\n");
     let out = env.command().arg("check-config").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("set one, not both") && err.contains("pagerduty.rest_api_key: must be"), "{err}");
     assert!(!err.contains("has space in it"), "the key is not echoed: {err}");
+}
+
+/// A real Nagios 4 core (Debian's nagios4, as in `nagios::a_real_nagios_pages_through_pdrelay`)
+/// pages through pdrelay; the incident is acknowledged in the fake PagerDuty; pdrelay writes the
+/// acknowledgement to Nagios's external command file, and Nagios's status file shows the service
+/// acknowledged with the PagerDuty user's name in the comment.
+#[test]
+fn an_acknowledgement_in_pagerduty_acknowledges_the_service_in_a_real_nagios() {
+    let nagios_bin = std::path::Path::new("/usr/sbin/nagios4");
+    if !nagios_bin.exists() {
+        assert!(
+            std::env::var("PDRELAY_REQUIRE_NAGIOS").is_err(),
+            "nagios4 is not installed (apt-get install nagios4-core)"
+        );
+        eprintln!("SKIPPED: /usr/sbin/nagios4 not installed");
+        return;
+    }
+    let rest = FakeRest::start();
+    let holder = tempfile::Builder::new().prefix("pdrelay-nagios").tempdir_in("/tmp").unwrap();
+    let dir = holder.path().join("nagios");
+    let extra = format!("[ackback]\nnagios_command_file = \"{}\"\n", dir.join("nagios.cmd").display());
+    let env = env_with_rest(&rest, GOOD_KEY, "1s", &extra);
+    let d = env.start();
+    let rk = routing_key(64);
+    let notify = format!(
+        "{BIN} nagios --config {} -k {rk} -t $NOTIFICATIONTYPE$ -n service -f HOSTNAME=\"$HOSTNAME$\" -f SERVICEDESC=\"$SERVICEDESC$\" -f SERVICESTATE=\"$SERVICESTATE$\" -f SERVICEOUTPUT=\"$SERVICEOUTPUT$\"",
+        env.config.display()
+    );
+    crate::nagios::write_nagios_config(&dir, &rk, &notify, false, true);
+    let verify = std::process::Command::new(nagios_bin).arg("-v").arg(dir.join("nagios.cfg")).output().unwrap();
+    assert!(verify.status.success(), "nagios -v:\n{}", String::from_utf8_lossy(&verify.stdout));
+    let _core = KillOnDrop(
+        std::process::Command::new(nagios_bin)
+            .arg(dir.join("nagios.cfg"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let nagios_log = || std::fs::read_to_string(dir.join("nagios.log")).unwrap_or_default();
+    let deadline = Duration::from_secs(90);
+    crate::nagios::wait_until_or("the trigger from Nagios", deadline, || !env.fake.accepted().is_empty(), &nagios_log);
+    assert_eq!(env.fake.accepted()[0].body["dedup_key"], SERVICE_KEY);
+    let id = rest.add_incident(SERVICE_KEY, "2026-06-01T09:00:00Z", "acknowledged", Some("Jane Doe"));
+    // status.dat: the service block of "Disk /var" says acknowledged, and its comment names the user.
+    let service_block = || {
+        let status = std::fs::read_to_string(dir.join("status.dat")).unwrap_or_default();
+        status
+            .split("\n\n")
+            .find(|b| b.trim_start().starts_with("servicestatus {") && b.contains("service_description=Disk /var"))
+            .unwrap_or("")
+            .to_owned()
+    };
+    crate::nagios::wait_until_or(
+        "Nagios's status file showing the service acknowledged",
+        deadline,
+        || service_block().contains("problem_has_been_acknowledged=1"),
+        &|| format!("{}\n--- daemon log:\n{}", nagios_log(), d.log_text()),
+    );
+    let status = std::fs::read_to_string(dir.join("status.dat")).unwrap();
+    assert!(
+        status.contains(&format!("comment_data=Acknowledged in PagerDuty by Jane Doe (incident {id})")),
+        "{status}"
+    );
+    assert!(status.contains("author=pdrelay"), "{status}");
+    assert!(nagios_log().contains("EXTERNAL COMMAND: ACKNOWLEDGE_SVC_PROBLEM;web1;Disk /var;"), "{}", nagios_log());
 }
