@@ -11,7 +11,7 @@
 //! | `k` routing key | pause-until, ms since the epoch (u64): 429 / v1 403 pauses |
 //! | `a` routing key, 0, dedup key | [`AlertState`], JSON: dedup-key tracking |
 //! | `m` name | last success, last error |
-//! | `p` routing key, 0, dedup key | [`PagerDutyView`], JSON: PagerDuty's side (reconciliation) |
+//! | `v` routing key, 0, dedup key | [`PagerDutyView`], JSON: PagerDuty's side (reconciliation) |
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -327,7 +327,7 @@ fn prefixed_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
 fn put_views(inner: &Inner, views: Vec<(PagerDutyView, bool)>, batch: &mut sled::Batch) -> Result<usize, StoreError> {
     let n = views.len();
     for (view, keep) in views {
-        let k = prefixed_key(b'p', &view.routing_key, &view.dedup_key);
+        let k = prefixed_key(b'v', &view.routing_key, &view.dedup_key);
         if keep {
             let old = inner.tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
             batch.insert(k, serde_json::to_vec(&merge_view(old, view)).expect("views encode"));
@@ -950,7 +950,7 @@ impl Store {
     /// PagerDuty's views of tracked dedup keys (reconciliation), in key order.
     pub fn pagerduty_views(&self) -> Result<Vec<PagerDutyView>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix([b'p']) {
+        for item in self.inner.tree.scan_prefix([b'v']) {
             let (_, v) = item?;
             if let Ok(view) = serde_json::from_slice(&v) {
                 out.push(view);
@@ -2086,5 +2086,35 @@ mod tests {
         let _first = Store::open(&dir.path().join("q")).unwrap();
         let err = Store::open(&dir.path().join("q")).err().expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pagerduty_views_survive_a_reopen_newer_reads_win_and_marks_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = |status: &str, checked_ms: u64, mark: Option<&str>| PagerDutyView {
+            routing_key: "R".into(),
+            dedup_key: "k".into(),
+            status: status.into(),
+            incident_id: Some("P1".into()),
+            html_url: None,
+            by: None,
+            changed_at: None,
+            checked_ms,
+            acked_back: mark.map(str::to_owned),
+        };
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        store.put_pagerduty_views(vec![(view("acknowledged", 20, Some("P1@t")), true)]).await.unwrap();
+        // An older read (a pass that began earlier) does not replace it, and a newer read without
+        // the mark keeps the mark.
+        store.put_pagerduty_views(vec![(view("triggered", 10, None), true)]).await.unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("acknowledged", 20, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), true)]).await.unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("resolved", 30, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), false)]).await.unwrap();
+        assert!(store.pagerduty_views().unwrap().is_empty());
+        store.close();
     }
 }

@@ -1,6 +1,6 @@
 //! What PagerDuty's REST API last said about the incident behind one tracked dedup key: the
 //! other half of the open-alerts ledger (`pdrelay alerts`), written by reconciliation
-//! (`reconcile`) and read by ack-back (`ackback`). Stored under key prefix `p` (routing key, 0,
+//! (`reconcile`) and read by ack-back (`ackback`). Stored under key prefix `v` (routing key, 0,
 //! dedup key), JSON, beside the `a` entries of dedup-key tracking.
 
 use serde::{Deserialize, Serialize};

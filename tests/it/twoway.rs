@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fake_rest::{FakeRest, GOOD_KEY};
+use crate::nagios::wait_until_or;
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,6 +45,7 @@ fn the_ledger_follows_pagerduty_through_pages_and_429s() {
         c.read_reply();
     }
     env.fake.wait_accepted(2, WAIT);
+    wait_until("both in the ledger", WAIT, || alerts(&env, &[]).len() == 2);
     // An older incident of the same key, resolved long ago, comes first: the newest counts, and
     // it is on the second page (the fake pages by one).
     rest.add_incident("acked-1", "2025-01-01T00:00:00Z", "resolved", Some("Old Hand"));
@@ -87,7 +89,10 @@ fn the_ledger_follows_pagerduty_through_pages_and_429s() {
 fn a_resolve_pagerduty_dropped_is_shown_and_sent_again_with_one_command() {
     let rest = FakeRest::start();
     let env = env_with_rest(&rest, GOOD_KEY, "1h", "");
-    let _d = env.start();
+    // PagerDuty has the incident from the trigger on, and took the resolve during a maintenance
+    // window and did nothing with it.
+    let id = rest.add_incident("lost-resolve", "2026-06-01T09:00:00Z", "triggered", None);
+    let d = env.start();
     let rk = routing_key(61);
     let mut c = env.connect();
     c.send_line(&trigger(&rk, "lost-resolve", "disk full"));
@@ -97,16 +102,18 @@ fn a_resolve_pagerduty_dropped_is_shown_and_sent_again_with_one_command() {
     );
     c.read_reply();
     env.fake.wait_accepted(2, WAIT);
-    // PagerDuty took the resolve during a maintenance window and did nothing with it.
-    let id = rest.add_incident("lost-resolve", "2026-06-01T09:00:00Z", "triggered", None);
+    // With the daemon stopped, --refresh works on the queue directly.
+    d.terminate(Duration::from_secs(10));
     let out = env.command().args(["alerts", "--refresh"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("resolved here, still open in PagerDuty: `pdrelay alerts --resend-resolves`"), "{text}");
+    let d = env.start();
     let out = env.command().args(["alerts", "--resend-resolves"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 resolve(s) queued again");
-    let got = env.fake.wait_accepted(3, WAIT);
+    wait_until_or("the resolve sent again", WAIT, || env.fake.accepted().len() >= 3, &|| d.log_text());
+    let got = env.fake.accepted();
     assert_eq!(got[2].body["event_action"], "resolve");
     assert_eq!(got[2].body["dedup_key"], "lost-resolve");
     rest.set_status(&id, "resolved", Some("pdrelay"), "2026-06-01T12:00:00Z");
@@ -193,6 +200,8 @@ fn an_acknowledgement_in_pagerduty_goes_to_the_nagios_fifo_and_icinga_once() {
         command,
         format!("ACKNOWLEDGE_SVC_PROBLEM;web1;Disk /var;2;0;0;pdrelay;Acknowledged in PagerDuty by Jane Doe (incident {id})")
     );
+    // Icinga 2 is asked right after the FIFO took the line.
+    wait_until("the acknowledgement at Icinga 2", WAIT, || !rest.icinga_acks().is_empty());
     let acks = rest.icinga_acks();
     assert_eq!(acks.len(), 1, "{acks:?}");
     let (auth, body) = &acks[0];
@@ -269,7 +278,7 @@ fn an_acknowledgement_in_pagerduty_acknowledges_the_service_in_a_real_nagios() {
     );
     let nagios_log = || std::fs::read_to_string(dir.join("nagios.log")).unwrap_or_default();
     let deadline = Duration::from_secs(90);
-    crate::nagios::wait_until_or("the trigger from Nagios", deadline, || !env.fake.accepted().is_empty(), &nagios_log);
+    wait_until_or("the trigger from Nagios", deadline, || !env.fake.accepted().is_empty(), &nagios_log);
     assert_eq!(env.fake.accepted()[0].body["dedup_key"], SERVICE_KEY);
     let id = rest.add_incident(SERVICE_KEY, "2026-06-01T09:00:00Z", "acknowledged", Some("Jane Doe"));
     // status.dat: the service block of "Disk /var" says acknowledged, and its comment names the user.
@@ -281,7 +290,7 @@ fn an_acknowledgement_in_pagerduty_acknowledges_the_service_in_a_real_nagios() {
             .unwrap_or("")
             .to_owned()
     };
-    crate::nagios::wait_until_or(
+    wait_until_or(
         "Nagios's status file showing the service acknowledged",
         deadline,
         || service_block().contains("problem_has_been_acknowledged=1"),
