@@ -4,7 +4,8 @@
 //! acknowledgement.
 //!
 //! Off unless `[ackback]` names a target (and reconciliation is on: the acknowledgements come from
-//! it, `reconcile`). Only alerts still open here whose dedup key is the Nagios mapping's
+//! it, `reconcile`). Only alerts still triggered here (not resolved, and not acknowledged by this
+//! host itself) whose dedup key is the Nagios mapping's
 //! (`event_source=service;host_name=H;service_desc=S` or `event_source=host;host_name=H`) are
 //! passed back. "Once": the view records `<incident id>@<acknowledged at>` after every target
 //! took it; a new acknowledgement (after a re-trigger) is passed back again.
@@ -230,7 +231,10 @@ impl AckBack {
             if !wanted || view.acked_back.as_deref() == Some(mark.as_str()) {
                 continue;
             }
-            let open_here = matches!(store.alert(&view.routing_key, &view.dedup_key), Ok(Some(a)) if a.is_open());
+            // Open here and triggered: an acknowledgement this host sent itself (Nagios's own
+            // ACKNOWLEDGEMENT notification) is not echoed back.
+            let open_here = matches!(store.alert(&view.routing_key, &view.dedup_key),
+                Ok(Some(a)) if a.is_open() && a.last_action.as_str() == "trigger");
             let Some(problem) = parse_nagios_key(&view.dedup_key).filter(|_| open_here) else { continue };
             let comment = comment(&view);
             match self.send(&problem, &comment).await {
