@@ -93,8 +93,18 @@ pub enum AdminRequest {
         /// Which.
         target: RetryTarget,
     },
-    /// Open alerts (dedup-key tracking).
+    /// Open alerts (dedup-key tracking), with PagerDuty's side when reconciliation is on.
     Alerts,
+    /// Every tracked dedup key and PagerDuty's views, in full (for `alerts --refresh`, which
+    /// reads the REST API in the CLI and stores what it read with `put_views`).
+    Ledger,
+    /// PagerDuty's views read by `alerts --refresh`, stored.
+    PutViews {
+        /// The views.
+        views: Vec<crate::queue::view::PagerDutyView>,
+    },
+    /// A resolve queued again for every alert resolved here and still open in PagerDuty.
+    ResendResolves,
     /// Remove finished records.
     Purge {
         /// Failed or delivered.
@@ -205,6 +215,13 @@ pub enum AdminAnswer {
     Changed(usize),
     /// For `alerts`: the open alerts.
     Alerts(Vec<OpenAlert>),
+    /// For `ledger`: every tracked key and PagerDuty's views.
+    Ledger {
+        /// Dedup-key tracking (full routing keys).
+        alerts: Vec<crate::queue::store::AlertState>,
+        /// PagerDuty's side.
+        views: Vec<crate::queue::view::PagerDutyView>,
+    },
 }
 
 /// One open alert, as `pdrelay alerts` shows it.
@@ -220,6 +237,22 @@ pub struct OpenAlert {
     pub at: String,
     /// Last summary.
     pub summary: Option<String>,
+    /// PagerDuty's side, when reconciliation has read it: triggered, acknowledged, resolved or
+    /// none (no incident with this key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty: Option<String>,
+    /// Who acknowledged or resolved it in PagerDuty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_by: Option<String>,
+    /// When (RFC 3339, as PagerDuty wrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_at: Option<String>,
+    /// When pdrelay last read PagerDuty's side (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_checked: Option<String>,
+    /// How the two sides disagree (see `reconcile::disagreement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<String>,
 }
 
 /// The reply line on the admin socket.
@@ -321,21 +354,12 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             }
             Ok(AdminAnswer::List(out))
         }
-        AdminRequest::Alerts => {
-            let alerts = store
-                .alerts()?
-                .into_iter()
-                .filter(|a| a.is_open())
-                .map(|a| OpenAlert {
-                    routing_key: crate::event::redact_routing_key(&a.routing_key),
-                    dedup_key: a.dedup_key,
-                    last_action: a.last_action.as_str().to_owned(),
-                    at: rfc3339(a.at_ms),
-                    summary: a.summary,
-                })
-                .collect();
-            Ok(AdminAnswer::Alerts(alerts))
+        AdminRequest::Alerts => Ok(AdminAnswer::Alerts(open_alerts(store)?)),
+        AdminRequest::Ledger => Ok(AdminAnswer::Ledger { alerts: store.alerts()?, views: store.pagerduty_views()? }),
+        AdminRequest::PutViews { views } => {
+            Ok(AdminAnswer::Changed(store.put_pagerduty_views(views.into_iter().map(|v| (v, true)).collect()).await?))
         }
+        AdminRequest::ResendResolves => resend_resolves(store).await,
         AdminRequest::Show { id } => match store.get_by_id(&id)? {
             Some(record) => Ok(AdminAnswer::Show(Box::new(record))),
             None => Err(AdminError::Invalid(format!("id: no event {id:?} in the queue"))),
@@ -509,6 +533,59 @@ pub async fn run_retention(store: Store, retention: RetentionSection, mut shutdo
             Err(e) => warn!(error = %e, "retention sweep failed; will try again"),
         }
     }
+}
+
+/// Open alerts, both sides: open here, or open in PagerDuty while resolved here.
+fn open_alerts(store: &Store) -> Result<Vec<OpenAlert>, AdminError> {
+    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> =
+        store.pagerduty_views()?.into_iter().map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v)).collect();
+    let mut out = Vec::new();
+    for a in store.alerts()? {
+        let view = views.get(&(a.routing_key.clone(), a.dedup_key.clone()));
+        let disagreement = view.and_then(|v| v.disagreement(a.is_open(), a.last_action.as_str() == "trigger", a.at_ms));
+        if !a.is_open() && disagreement.is_none() {
+            continue;
+        }
+        out.push(OpenAlert {
+            routing_key: crate::event::redact_routing_key(&a.routing_key),
+            dedup_key: a.dedup_key,
+            last_action: a.last_action.as_str().to_owned(),
+            at: rfc3339(a.at_ms),
+            summary: a.summary,
+            pagerduty: view.map(|v| v.status.clone()),
+            pagerduty_by: view.and_then(|v| v.by.clone()),
+            pagerduty_at: view.and_then(|v| v.changed_at.clone()),
+            pagerduty_checked: view.map(|v| rfc3339(v.checked_ms)),
+            disagreement: disagreement.map(str::to_owned),
+        });
+    }
+    Ok(out)
+}
+
+/// Queues a resolve again for every alert resolved here and still open in PagerDuty (a resolve
+/// PagerDuty dropped, as during a maintenance window). Returns how many.
+async fn resend_resolves(store: &Store) -> Result<AdminAnswer, AdminError> {
+    let views: std::collections::HashMap<(String, String), crate::queue::view::PagerDutyView> =
+        store.pagerduty_views()?.into_iter().map(|v| ((v.routing_key.clone(), v.dedup_key.clone()), v)).collect();
+    let mut events = Vec::new();
+    for a in store.alerts()? {
+        let view = views.get(&(a.routing_key.clone(), a.dedup_key.clone()));
+        let disagreement = view.and_then(|v| v.disagreement(a.is_open(), a.last_action.as_str() == "trigger", a.at_ms));
+        if disagreement != Some(crate::queue::view::RESOLVED_HERE_OPEN_THERE) {
+            continue;
+        }
+        let body =
+            serde_json::json!({"routing_key": a.routing_key, "event_action": "resolve", "dedup_key": a.dedup_key});
+        let event =
+            crate::event::Event::from_json(body.to_string().as_bytes(), &crate::event::IntakeDefaults::default())
+                .map_err(|e| AdminError::Failed(format!("dedup_key {}: {e}", crate::text::escaped(&a.dedup_key))))?;
+        events.push(crate::queue::store::NewEvent { id: None, intake: "send", event });
+    }
+    let n = events.len();
+    if n > 0 {
+        store.insert(events).await?;
+    }
+    Ok(AdminAnswer::Changed(n))
 }
 
 /// Serves the admin socket until shutdown, then removes it.
@@ -771,7 +848,16 @@ pub fn render(answer: &AdminAnswer) -> String {
             let _ = writeln!(out, "{n} event(s) changed");
         }
         AdminAnswer::Alerts(alerts) => {
-            let state = |a: &OpenAlert| if a.last_action == "trigger" { "triggered" } else { "acknowledged" };
+            let state = |a: &OpenAlert| match a.last_action.as_str() {
+                "trigger" => "triggered",
+                "acknowledge" => "acknowledged",
+                _ => "resolved",
+            };
+            let theirs = |a: &OpenAlert| match (&a.pagerduty, &a.pagerduty_by) {
+                (None, _) => "-".to_owned(),
+                (Some(s), Some(by)) if s != "triggered" => format!("{s} by {}", escaped(by)),
+                (Some(s), _) => s.clone(),
+            };
             // Each column as wide as its widest cell (dedup keys vary: at most 255 characters).
             let width = |header: &str, cell: &dyn Fn(&OpenAlert) -> usize| {
                 alerts.iter().map(cell).chain([header.chars().count()]).max().unwrap_or(0)
@@ -779,23 +865,36 @@ pub fn render(answer: &AdminAnswer) -> String {
             let w_key = width("ROUTING", &|a| a.routing_key.chars().count());
             let w_state = width("STATE", &|a| state(a).len());
             let w_at = width("SINCE", &|a| a.at.chars().count());
-            let w_dedup = width("DEDUP KEY", &|a| a.dedup_key.chars().count());
+            let w_dedup = width("DEDUP KEY", &|a| escaped(&a.dedup_key).chars().count());
+            let w_theirs = width("IN PAGERDUTY", &|a| theirs(a).chars().count());
             let _ = writeln!(
                 out,
-                "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} SUMMARY",
-                "ROUTING", "STATE", "SINCE", "DEDUP KEY"
+                "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} {:<w_theirs$} SUMMARY",
+                "ROUTING", "STATE", "SINCE", "DEDUP KEY", "IN PAGERDUTY"
             );
             for a in alerts {
                 let _ = writeln!(
                     out,
-                    "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} {}",
+                    "{:<w_key$} {:<w_state$} {:<w_at$} {:<w_dedup$} {:<w_theirs$} {}",
                     a.routing_key,
                     state(a),
                     a.at,
                     escaped(&a.dedup_key),
+                    theirs(a),
                     Escaped(a.summary.as_deref().unwrap_or(""))
                 );
+                if let Some(d) = &a.disagreement {
+                    let hint = if d == crate::queue::view::RESOLVED_HERE_OPEN_THERE {
+                        ": `pdrelay alerts --resend-resolves` sends the resolve again"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "         ! {d}{hint}");
+                }
             }
+        }
+        AdminAnswer::Ledger { alerts, views } => {
+            let _ = writeln!(out, "{} tracked dedup key(s), {} PagerDuty view(s)", alerts.len(), views.len());
         }
     }
     out

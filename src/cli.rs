@@ -47,11 +47,18 @@ pub enum Command {
     Sensu(SensuArgs),
     /// Import the events left in pdagent's queue directory, renaming each file once it is stored.
     ImportPdagent(ImportPdagentArgs),
-    /// Alerts this host has open in PagerDuty (triggered or acknowledged, not resolved).
+    /// Alerts this host has open in PagerDuty (triggered or acknowledged, not resolved); with a
+    /// REST API key, also PagerDuty's side of each and where the two disagree.
     Alerts {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Read PagerDuty's side from its REST API now (needs `pagerduty.rest_api_key`).
+        #[arg(long)]
+        refresh: bool,
+        /// Queue the resolve again for every alert resolved here and still open in PagerDuty.
+        #[arg(long, conflicts_with = "refresh")]
+        resend_resolves: bool,
     },
     /// Check a config file: exit 0, or print every problem and exit 2.
     CheckConfig,

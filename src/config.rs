@@ -48,6 +48,64 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     /// Outage probing, rate limits, stale pairs.
     pub delivery: DeliverySection,
+    /// Passing PagerDuty acknowledgements back to Nagios or Icinga 2 (off unless set).
+    pub ackback: AckBackSection,
+}
+
+/// A secret from the config file (an API key, a password): its `Debug` form never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
+    }
+}
+
+/// `[ackback]`: where PagerDuty acknowledgements are passed back to. Every key empty: off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AckBackSection {
+    /// Nagios's external command file (its FIFO, `command_file` in nagios.cfg); empty for none.
+    pub nagios_command_file: PathBuf,
+    /// Icinga 2 API base URL, such as `https://localhost:5665`; empty for none.
+    pub icinga2_url: String,
+    /// Icinga 2 API user (an ApiUser with `actions/acknowledge-problem`).
+    pub icinga2_user: String,
+    /// Its password; or `icinga2_password_file`.
+    pub icinga2_password: Secret,
+    /// A file holding the password (first line).
+    pub icinga2_password_file: PathBuf,
+    /// CA certificate (PEM) of the Icinga 2 API; empty: the built-in roots.
+    pub icinga2_ca_file: PathBuf,
+    /// Also acknowledge when the incident is resolved in PagerDuty (default only acknowledged).
+    pub on_resolve: bool,
+    /// Longest wait for the Nagios command FIFO to take a line, and for an Icinga 2 request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AckBackSection {
+    fn default() -> Self {
+        AckBackSection {
+            nagios_command_file: PathBuf::new(),
+            icinga2_url: String::new(),
+            icinga2_user: String::new(),
+            icinga2_password: Secret::default(),
+            icinga2_password_file: PathBuf::new(),
+            icinga2_ca_file: PathBuf::new(),
+            on_resolve: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AckBackSection {
+    /// Whether any ack-back target is set.
+    pub fn enabled(&self) -> bool {
+        !self.nagios_command_file.as_os_str().is_empty() || !self.icinga2_url.is_empty()
+    }
 }
 
 /// `[delivery]`
@@ -281,6 +339,42 @@ pub struct PagerDutySection {
     pub ca_bundle: PathBuf,
     /// Local IP address to connect from; empty for the system's choice.
     pub local_address: String,
+    /// PagerDuty REST API key (read-only is enough): turns on reconciliation. Never logged.
+    pub rest_api_key: Secret,
+    /// A file holding the REST API key (first line), instead of `rest_api_key`.
+    pub rest_api_key_file: PathBuf,
+    /// Base URL of the REST API (EU: https://api.eu.pagerduty.com).
+    pub rest_api_url: String,
+    /// Only incidents of these PagerDuty services (ids such as `PIJ90N7`); empty for any.
+    pub rest_service_ids: Vec<String>,
+    /// How often to read the state of tracked incidents from the REST API.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl PagerDutySection {
+    /// The REST API key: `rest_api_key`, or the first line of `rest_api_key_file`; `None` when
+    /// neither is set (reconciliation off). Errors name the key and the file.
+    pub fn rest_key(&self) -> Result<Option<String>, String> {
+        if !self.rest_api_key.0.is_empty() {
+            return Ok(Some(self.rest_api_key.0.trim().to_owned()));
+        }
+        if self.rest_api_key_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.rest_api_key_file).map_err(|e| {
+            format!("pagerduty.rest_api_key_file: cannot read {}: {e}", self.rest_api_key_file.display())
+        })?;
+        match text.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
+            Some(key) => Ok(Some(key.to_owned())),
+            None => Err(format!("pagerduty.rest_api_key_file: {} is empty", self.rest_api_key_file.display())),
+        }
+    }
+
+    /// Whether a REST API key is configured (reconciliation on).
+    pub fn reconciles(&self) -> bool {
+        !self.rest_api_key.0.is_empty() || !self.rest_api_key_file.as_os_str().is_empty()
+    }
 }
 
 /// `[retry]`
@@ -333,6 +427,7 @@ impl Default for ConfigFile {
             http: HttpSection::default(),
             metrics: MetricsSection::default(),
             delivery: DeliverySection::default(),
+            ackback: AckBackSection::default(),
         }
     }
 }
@@ -366,6 +461,11 @@ impl Default for PagerDutySection {
             proxy: String::new(),
             ca_bundle: PathBuf::new(),
             local_address: String::new(),
+            rest_api_key: Secret::default(),
+            rest_api_key_file: PathBuf::new(),
+            rest_api_url: "https://api.pagerduty.com".to_owned(),
+            rest_service_ids: Vec::new(),
+            reconcile_interval: Duration::from_secs(60),
         }
     }
 }
@@ -666,6 +766,7 @@ impl Config {
             ));
         }
         check_delivery(&file.delivery, &mut problems);
+        check_two_way(&file, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
@@ -727,6 +828,56 @@ fn check_delivery(d: &DeliverySection, problems: &mut Vec<String>) {
                 crate::event::redact_routing_key(key)
             ));
         }
+    }
+}
+
+/// Checks the REST API settings (`pagerduty.rest_*`, `reconcile_interval`) and `[ackback]`.
+fn check_two_way(file: &ConfigFile, problems: &mut Vec<String>) {
+    let p = &file.pagerduty;
+    if !p.rest_api_key.0.is_empty() && !p.rest_api_key_file.as_os_str().is_empty() {
+        problems.push("pagerduty.rest_api_key, pagerduty.rest_api_key_file: set one, not both".to_owned());
+    }
+    let key = p.rest_api_key.0.trim();
+    if !key.is_empty() && (key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic())) {
+        problems.push(
+            "pagerduty.rest_api_key: must be a PagerDuty REST API key (20 printable characters, no spaces)".to_owned(),
+        );
+    }
+    for (name, url) in [("pagerduty.rest_api_url", &p.rest_api_url), ("ackback.icinga2_url", &file.ackback.icinga2_url)]
+    {
+        if name == "ackback.icinga2_url" && url.is_empty() {
+            continue;
+        }
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() && u.fragment().is_none() => {}
+            _ => problems.push(format!("{name}: must be an http or https base URL without ?query (got {url:?})")),
+        }
+    }
+    if p.reconcile_interval < Duration::from_secs(1) || p.reconcile_interval > Duration::from_secs(86_400) {
+        problems.push(format!(
+            "pagerduty.reconcile_interval: must be between 1s and 1day (got {})",
+            humantime::format_duration(p.reconcile_interval)
+        ));
+    }
+    let a = &file.ackback;
+    if a.enabled() && !p.reconciles() {
+        problems.push(
+            "ackback: needs pagerduty.rest_api_key or pagerduty.rest_api_key_file (acknowledgements are read from \
+             PagerDuty's REST API)"
+                .to_owned(),
+        );
+    }
+    if !a.icinga2_url.is_empty() && a.icinga2_user.is_empty() {
+        problems.push("ackback.icinga2_user: required with ackback.icinga2_url".to_owned());
+    }
+    if !a.icinga2_password.0.is_empty() && !a.icinga2_password_file.as_os_str().is_empty() {
+        problems.push("ackback.icinga2_password, ackback.icinga2_password_file: set one, not both".to_owned());
+    }
+    if a.timeout < Duration::from_millis(100) || a.timeout > Duration::from_secs(600) {
+        problems.push(format!(
+            "ackback.timeout: must be between 100ms and 10m (got {})",
+            humantime::format_duration(a.timeout)
+        ));
     }
 }
 
@@ -1120,6 +1271,11 @@ mod tests {
                     "proxy",
                     "ca_bundle",
                     "local_address",
+                    "rest_api_key",
+                    "rest_api_key_file",
+                    "rest_api_url",
+                    "rest_service_ids",
+                    "reconcile_interval",
                 ],
             ),
             (
@@ -1133,6 +1289,19 @@ mod tests {
             ("metrics", vec!["listen", "textfile", "textfile_interval"]),
             ("delivery", vec!["outage_after", "probe_interval", "rate_limit", "rate_limits", "drop_stale_pairs"]),
             ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
+            (
+                "ackback",
+                vec![
+                    "nagios_command_file",
+                    "icinga2_url",
+                    "icinga2_user",
+                    "icinga2_password",
+                    "icinga2_password_file",
+                    "icinga2_ca_file",
+                    "on_resolve",
+                    "timeout",
+                ],
+            ),
         ] {
             for key in keys {
                 assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");

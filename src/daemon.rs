@@ -147,6 +147,7 @@ async fn serve(
     let admin_task =
         tokio::spawn(admin::serve(admin_listener, file.ingest.admin_socket.clone(), store.clone(), shutdown.clone()));
     let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
+    let reconcile_task = start_reconciliation(config, &store, &shutdown);
     let settings = DeliverySettings {
         client,
         live: live.clone(),
@@ -187,6 +188,9 @@ async fn serve(
     }
     let _ = admin_task.await;
     let _ = retention_task.await;
+    if let Some(task) = reconcile_task {
+        let _ = task.await;
+    }
     for task in metric_tasks {
         let _ = task.await;
     }
@@ -202,6 +206,29 @@ async fn serve(
         }
         Err(e) => Err(StoreError::Io(format!("delivery task: {e}")).into()),
     }
+}
+
+/// Starts reconciliation (and ack-back) when a REST API key is set. A key or ack-back setting
+/// that cannot be read is one error in the log; delivery goes on without reconciliation.
+fn start_reconciliation(config: &Config, store: &Store, shutdown: &Shutdown) -> Option<tokio::task::JoinHandle<()>> {
+    let client = match crate::reconcile::client(config) {
+        Ok(Some(c)) => c,
+        Ok(None) => return None,
+        Err(e) => {
+            error!(error = %e, "reconciliation is off");
+            return None;
+        }
+    };
+    let ackback = match crate::ackback::AckBack::from_config(&config.file.ackback) {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "ack-back is off");
+            None
+        }
+    };
+    let interval = config.file.pagerduty.reconcile_interval;
+    info!(interval = ?interval, ackback = ackback.is_some(), "reconciliation with PagerDuty's REST API on");
+    Some(tokio::spawn(crate::reconcile::run(store.clone(), client, ackback, interval, shutdown.clone())))
 }
 
 /// Pings systemd's watchdog at half its period, only while the committer answers a probe within

@@ -13,9 +13,12 @@
 //! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
-//! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments), [`text`] (escaping
+//! [`http`] (the opt-in local Events API endpoint), [`reconcile`] and [`ackback`] (the opt-in
+//! other direction: PagerDuty's side of each alert from its REST API, acknowledgements passed
+//! back to Nagios and Icinga), [`cli`] (arguments), [`text`] (escaping
 //! producer text for logs and terminals).
 
+pub mod ackback;
 pub mod admin;
 pub mod cli;
 pub mod config;
@@ -29,5 +32,6 @@ pub mod logging;
 pub mod metrics;
 pub mod pagerduty;
 pub mod queue;
+pub mod reconcile;
 pub mod send;
 pub mod text;

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Zabbix(args) => run_zabbix(&config, &args, silent_output),
         Command::Sensu(args) => run_sensu(&config, &args, silent_output),
         Command::ImportPdagent(args) => run_import(&config, &args),
-        Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts", false),
+        Command::Alerts { json, refresh, resend_resolves } => run_alerts(&config, json, refresh, resend_resolves),
         Command::Queue { json, command } => run_queue(&config, command, json, pdagent_output),
     }
 }
@@ -252,6 +252,58 @@ fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str, pd_
             ExitCode::from(if matches!(e, AdminError::Invalid(_)) { 2 } else { 1 })
         }
     }
+}
+
+/// `pdrelay alerts`: with `--refresh`, reads PagerDuty's side from its REST API first (in this
+/// process, with the config's key) and stores it through the admin path; with
+/// `--resend-resolves`, queues the resolves PagerDuty did not take.
+fn run_alerts(config: &Config, json: bool, refresh: bool, resend_resolves: bool) -> ExitCode {
+    if resend_resolves {
+        return match admin::call(config, AdminRequest::ResendResolves) {
+            Ok(AdminAnswer::Changed(n)) => {
+                println!("{n} resolve(s) queued again");
+                ExitCode::SUCCESS
+            }
+            Ok(other) => {
+                eprintln!("pdrelay alerts: unexpected answer: {other:?}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("pdrelay alerts: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let mut failed = false;
+    if refresh {
+        if let Err(e) = refresh_alerts(config) {
+            eprintln!("pdrelay alerts: {}", pdrelay::text::escape_controls(&e));
+            failed = true;
+        }
+    }
+    let code = run_admin(config, AdminRequest::Alerts, json, "pdrelay alerts", false);
+    if failed {
+        ExitCode::from(1)
+    } else {
+        code
+    }
+}
+
+fn refresh_alerts(config: &Config) -> Result<(), String> {
+    let client = pdrelay::reconcile::client(config)?.ok_or_else(|| {
+        "--refresh: reconciliation is off: set pagerduty.rest_api_key or pagerduty.rest_api_key_file".to_owned()
+    })?;
+    let (alerts, views) = match admin::call(config, AdminRequest::Ledger).map_err(|e| e.to_string())? {
+        AdminAnswer::Ledger { alerts, views } => (alerts, views),
+        other => return Err(format!("unexpected answer: {other:?}")),
+    };
+    let (targets, _) = pdrelay::reconcile::plan(&alerts, &views);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (read, error) = runtime.block_on(pdrelay::reconcile::read_views(&client, &targets, &views));
+    if !read.is_empty() {
+        admin::call(config, AdminRequest::PutViews { views: read }).map_err(|e| e.to_string())?;
+    }
+    error.map_or(Ok(()), |e| Err(e.to_string()))
 }
 
 fn run_send(config: &Config, args: &SendArgs, output: Output) -> ExitCode {

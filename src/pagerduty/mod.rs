@@ -2,10 +2,11 @@
 //! producers' input, and the HTTP client that sends them.
 //!
 //! Owns: request bodies (`v2`, `change`, `v1`), response bodies and the transport
-//! (`client`). Does not own: retry decisions (see `delivery::retry`) or storage.
+//! (`client`), and the REST API read client (`rest`, for reconciliation). Does not own: retry decisions (see `delivery::retry`) or storage.
 
 pub mod change;
 pub mod client;
+pub mod rest;
 pub mod v1;
 pub mod v2;
 

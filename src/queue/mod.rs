@@ -33,6 +33,7 @@
 
 pub mod record;
 pub mod store;
+pub mod view;
 
 pub use record::{Record, State};
 pub use store::{Store, StoreError};

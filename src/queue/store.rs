@@ -11,6 +11,7 @@
 //! | `k` routing key | pause-until, ms since the epoch (u64): 429 / v1 403 pauses |
 //! | `a` routing key, 0, dedup key | [`AlertState`], JSON: dedup-key tracking |
 //! | `m` name | last success, last error |
+//! | `v` routing key, 0, dedup key | [`PagerDutyView`], JSON: PagerDuty's side (reconciliation) |
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{error, warn};
 
 use super::record::{Record, State};
+use super::view::PagerDutyView;
 use crate::event::{Event, EventAction, RoutingKey};
 
 /// sled's page cache, in bytes (8 MiB: with 1,000,000 pending, 16 MiB measured 133 MB resident
@@ -310,12 +312,46 @@ impl AlertState {
 }
 
 fn alert_key(routing_key: &str, dedup_key: &str) -> Vec<u8> {
+    prefixed_key(b'a', routing_key, dedup_key)
+}
+
+fn prefixed_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
-    k.push(b'a');
+    k.push(prefix);
     k.extend_from_slice(routing_key.as_bytes());
     k.push(0);
     k.extend_from_slice(dedup_key.as_bytes());
     k
+}
+
+fn put_views(inner: &Inner, views: Vec<(PagerDutyView, bool)>, batch: &mut sled::Batch) -> Result<usize, StoreError> {
+    let n = views.len();
+    for (view, keep) in views {
+        let k = prefixed_key(b'v', &view.routing_key, &view.dedup_key);
+        if keep {
+            let old = inner.tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+            batch.insert(k, serde_json::to_vec(&merge_view(old, view)).expect("views encode"));
+        } else {
+            batch.remove(k);
+        }
+    }
+    Ok(n)
+}
+
+/// What to store when `new` is written over `old`: the newer read wins (two passes may overlap:
+/// the daemon's and `alerts --refresh`), and an ack-back mark is never lost, so an
+/// acknowledgement is passed back once.
+fn merge_view(old: Option<PagerDutyView>, new: PagerDutyView) -> PagerDutyView {
+    match old {
+        None => new,
+        Some(mut old) if old.checked_ms > new.checked_ms => {
+            if new.acked_back.is_some() {
+                old.acked_back = new.acked_back;
+            }
+            old
+        }
+        Some(old) => PagerDutyView { acked_back: new.acked_back.or(old.acked_back), ..new },
+    }
 }
 
 /// A moment and what happened then: (ms since the epoch, text).
@@ -407,6 +443,8 @@ enum Op {
     Remove(Vec<u64>),
     /// Dedup-key tracking of resolved alerts older than this (ms since the epoch) removed.
     ForgetResolved(u64),
+    /// PagerDuty's views of dedup keys written (`Some`) or removed (`None`).
+    PutViews(Vec<(PagerDutyView, bool)>),
     /// Nothing: answers once the committer gets to it (a liveness probe for the watchdog).
     Ping,
 }
@@ -909,6 +947,24 @@ impl Store {
         Ok(out)
     }
 
+    /// PagerDuty's views of tracked dedup keys (reconciliation), in key order.
+    pub fn pagerduty_views(&self) -> Result<Vec<PagerDutyView>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'v']) {
+            let (_, v) = item?;
+            if let Ok(view) = serde_json::from_slice(&v) {
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes PagerDuty's views (`true`) or removes them (`false`), in one commit. Returns how
+    /// many were written or removed.
+    pub async fn put_pagerduty_views(&self, views: Vec<(PagerDutyView, bool)>) -> Result<usize, StoreError> {
+        self.changed(Op::PutViews(views)).await
+    }
+
     /// Forgets resolved alerts whose resolve was delivered before `before_ms`.
     pub async fn forget_resolved(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.changed(Op::ForgetResolved(before_ms)).await
@@ -1371,6 +1427,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                     changed.map(|e| Reply::Changed(e.len()))
                 }
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
+                Op::PutViews(views) => put_views(inner, views, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
             };
             replies.push((req.reply, result));
@@ -2029,5 +2086,35 @@ mod tests {
         let _first = Store::open(&dir.path().join("q")).unwrap();
         let err = Store::open(&dir.path().join("q")).err().expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pagerduty_views_survive_a_reopen_newer_reads_win_and_marks_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = |status: &str, checked_ms: u64, mark: Option<&str>| PagerDutyView {
+            routing_key: "R".into(),
+            dedup_key: "k".into(),
+            status: status.into(),
+            incident_id: Some("P1".into()),
+            html_url: None,
+            by: None,
+            changed_at: None,
+            checked_ms,
+            acked_back: mark.map(str::to_owned),
+        };
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        store.put_pagerduty_views(vec![(view("acknowledged", 20, Some("P1@t")), true)]).await.unwrap();
+        // An older read (a pass that began earlier) does not replace it, and a newer read without
+        // the mark keeps the mark.
+        store.put_pagerduty_views(vec![(view("triggered", 10, None), true)]).await.unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("acknowledged", 20, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), true)]).await.unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("resolved", 30, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), false)]).await.unwrap();
+        assert!(store.pagerduty_views().unwrap().is_empty());
+        store.close();
     }
 }

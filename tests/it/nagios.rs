@@ -210,14 +210,6 @@ fn a_real_nagios_pages_through_pdrelay() {
         let env = TestEnv::new();
         let _d = env.start();
         let rk = routing_key(if environment_macros { 36 } else { 35 });
-        let dir = env.dir.path().join("nagios");
-        std::fs::create_dir_all(dir.join("checkresults")).unwrap();
-        std::fs::write(dir.join("state"), "2 DISK CRITICAL - free space: /var 3%\n").unwrap();
-        std::fs::write(
-            dir.join("check.sh"),
-            format!("read code msg < {}\necho \"$msg\"\nexit $code\n", dir.join("state").display()),
-        )
-        .unwrap();
         let notify = if environment_macros {
             format!("{BIN} nagios --config {} -k {rk} -t $NOTIFICATIONTYPE$ -n service", env.config.display())
         } else {
@@ -226,11 +218,57 @@ fn a_real_nagios_pages_through_pdrelay() {
                 env.config.display()
             )
         };
-        let d = dir.display();
-        std::fs::write(
-            dir.join("objects.cfg"),
-            format!(
-                r#"
+        let dir = env.dir.path().join("nagios");
+        write_nagios_config(&dir, &rk, &notify, environment_macros, false);
+        let verify = Command::new(nagios_bin).arg("-v").arg(dir.join("nagios.cfg")).output().unwrap();
+        assert!(verify.status.success(), "nagios -v:\n{}", String::from_utf8_lossy(&verify.stdout));
+        let mut core = KillOnDrop(
+            Command::new(nagios_bin).arg(dir.join("nagios.cfg")).stdout(std::process::Stdio::null()).spawn().unwrap(),
+        );
+        let nagios_log = || std::fs::read_to_string(dir.join("nagios.log")).unwrap_or_default();
+        let deadline = Duration::from_secs(90);
+        wait_until_or("the trigger from Nagios", deadline, || !env.fake.accepted().is_empty(), &nagios_log);
+        std::fs::write(dir.join("state"), "0 DISK OK - free space: /var 60%\n").unwrap();
+        wait_until_or(
+            "the resolve from Nagios",
+            deadline,
+            || env.fake.accepted().iter().any(|r| r.body["event_action"] == "resolve"),
+            &nagios_log,
+        );
+        let _ = core.0.kill();
+        let got = env.fake.accepted();
+        let first: &Value = &got[0].body;
+        assert_eq!(first["event_action"], "trigger");
+        assert_eq!(first["dedup_key"], SERVICE_KEY, "pd-nagios's dedup key");
+        assert_eq!(first["routing_key"], rk.as_str());
+        assert_eq!(first["payload"]["summary"], "web1/Disk /var is CRITICAL: DISK CRITICAL - free space: /var 3%");
+        let resolve = got.iter().find(|r| r.body["event_action"] == "resolve").unwrap();
+        assert_eq!(resolve.body["dedup_key"], SERVICE_KEY);
+        if environment_macros {
+            assert!(
+                first["payload"]["custom_details"]["CONTACTPAGER"] == rk.as_str(),
+                "environment macros carry the rest"
+            );
+        }
+    }
+}
+
+/// Writes a Nagios 4 configuration in `dir`: host web1 with service "Disk /var" whose check
+/// reports `dir/state` (starts CRITICAL), a contact `pagerduty` (pager `rk`) notified through
+/// `notify`, checks every second; with `external_commands`, Nagios reads `dir/nagios.cmd`.
+pub fn write_nagios_config(dir: &Path, rk: &str, notify: &str, environment_macros: bool, external_commands: bool) {
+    std::fs::create_dir_all(dir.join("checkresults")).unwrap();
+    std::fs::write(dir.join("state"), "2 DISK CRITICAL - free space: /var 3%\n").unwrap();
+    std::fs::write(
+        dir.join("check.sh"),
+        format!("read code msg < {}\necho \"$msg\"\nexit $code\n", dir.join("state").display()),
+    )
+    .unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("objects.cfg"),
+        format!(
+            r#"
 define timeperiod {{
     timeperiod_name always
     alias always
@@ -296,56 +334,26 @@ define service {{
     notification_options w,u,c,r
 }}
 "#
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("nagios.cfg"),
-            format!(
-                "log_file={d}/nagios.log\ncfg_file={d}/objects.cfg\nobject_cache_file={d}/objects.cache\nprecached_object_file={d}/objects.precache\n\
-                 status_file={d}/status.dat\nstatus_update_interval=1\nnagios_user=root\nnagios_group=root\ncheck_external_commands=0\n\
-                 command_file={d}/nagios.cmd\nlock_file={d}/nagios.lock\ntemp_file={d}/nagios.tmp\ntemp_path={d}\ncheck_result_path={d}/checkresults\n\
-                 state_retention_file={d}/retention.dat\nretain_state_information=0\ninterval_length=1\nmax_service_check_spread=1\nmax_host_check_spread=1\n\
-                 check_result_reaper_frequency=1\nenable_notifications=1\nenable_flap_detection=0\nenable_environment_macros={}\nuse_syslog=0\n\
-                 log_rotation_method=n\nlog_notifications=1\nservice_check_timeout=10\nnotification_timeout=20\n",
-                if environment_macros { 1 } else { 0 }
-            ),
-        )
-        .unwrap();
-        let verify = Command::new(nagios_bin).arg("-v").arg(dir.join("nagios.cfg")).output().unwrap();
-        assert!(verify.status.success(), "nagios -v:\n{}", String::from_utf8_lossy(&verify.stdout));
-        let mut core = KillOnDrop(
-            Command::new(nagios_bin).arg(dir.join("nagios.cfg")).stdout(std::process::Stdio::null()).spawn().unwrap(),
-        );
-        let nagios_log = || std::fs::read_to_string(dir.join("nagios.log")).unwrap_or_default();
-        let deadline = Duration::from_secs(90);
-        wait_until_or("the trigger from Nagios", deadline, || !env.fake.accepted().is_empty(), &nagios_log);
-        std::fs::write(dir.join("state"), "0 DISK OK - free space: /var 60%\n").unwrap();
-        wait_until_or(
-            "the resolve from Nagios",
-            deadline,
-            || env.fake.accepted().iter().any(|r| r.body["event_action"] == "resolve"),
-            &nagios_log,
-        );
-        let _ = core.0.kill();
-        let got = env.fake.accepted();
-        let first: &Value = &got[0].body;
-        assert_eq!(first["event_action"], "trigger");
-        assert_eq!(first["dedup_key"], SERVICE_KEY, "pd-nagios's dedup key");
-        assert_eq!(first["routing_key"], rk.as_str());
-        assert_eq!(first["payload"]["summary"], "web1/Disk /var is CRITICAL: DISK CRITICAL - free space: /var 3%");
-        let resolve = got.iter().find(|r| r.body["event_action"] == "resolve").unwrap();
-        assert_eq!(resolve.body["dedup_key"], SERVICE_KEY);
-        if environment_macros {
-            assert!(
-                first["payload"]["custom_details"]["CONTACTPAGER"] == rk.as_str(),
-                "environment macros carry the rest"
-            );
-        }
-    }
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("nagios.cfg"),
+        format!(
+            "log_file={d}/nagios.log\ncfg_file={d}/objects.cfg\nobject_cache_file={d}/objects.cache\nprecached_object_file={d}/objects.precache\n\
+             status_file={d}/status.dat\nstatus_update_interval=1\nnagios_user=root\nnagios_group=root\ncheck_external_commands={}\n\
+             command_file={d}/nagios.cmd\nlock_file={d}/nagios.lock\ntemp_file={d}/nagios.tmp\ntemp_path={d}\ncheck_result_path={d}/checkresults\n\
+             state_retention_file={d}/retention.dat\nretain_state_information=0\ninterval_length=1\nmax_service_check_spread=1\nmax_host_check_spread=1\n\
+             check_result_reaper_frequency=1\nenable_notifications=1\nenable_flap_detection=0\nenable_environment_macros={}\nuse_syslog=0\n\
+             log_rotation_method=n\nlog_notifications=1\nservice_check_timeout=10\nnotification_timeout=20\n",
+            u8::from(external_commands),
+            u8::from(environment_macros)
+        ),
+    )
+    .unwrap();
 }
 
-fn wait_until_or(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool, context: &dyn Fn() -> String) {
+pub fn wait_until_or(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool, context: &dyn Fn() -> String) {
     let end = std::time::Instant::now() + deadline;
     while !cond() {
         assert!(std::time::Instant::now() < end, "timed out waiting for {what}; nagios.log:\n{}", context());
