@@ -189,6 +189,12 @@ pub struct RecordSummary {
     pub last_status: Option<u16>,
     /// Last error.
     pub last_error: Option<String>,
+    /// The `[[routes]]` entry that took it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Why it is held until `next_attempt_at` (flap damping, a silence), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// What an admin request answers.
@@ -286,6 +292,8 @@ fn summarize(record: &Record, now: u64) -> RecordSummary {
         next_attempt_at: record.next_attempt_at_ms.map(rfc3339),
         last_status: record.last_status,
         last_error: record.last_error.clone(),
+        route: record.route.clone(),
+        hold: record.hold.clone(),
     }
 }
 

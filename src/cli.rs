@@ -62,6 +62,30 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Routing rules (`[[routes]]` in the config).
+    Route {
+        /// What to do.
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+/// `pdrelay route ...`
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Show which route an event takes and the event as it would be sent (nothing is sent).
+    /// An acknowledge or resolve follows its trigger's route when the daemon knows the trigger;
+    /// this shows what the rules alone decide.
+    Test {
+        /// The event as JSON (any shape pdrelay accepts); `-` or none reads standard input
+        /// (at most 1 MiB).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The intake the event is taken to come in through (nagios, zabbix, sensu, spool,
+        /// socket, http, send...).
+        #[arg(long, default_value = "socket")]
+        intake: String,
+    },
 }
 
 /// `pdrelay queue ...`

@@ -48,7 +48,25 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     /// Outage probing, rate limits, stale pairs.
     pub delivery: DeliverySection,
+    /// Routing rules, tried in order (see [`crate::routing`]).
+    pub routes: Vec<crate::routing::RouteSection>,
+    /// Holding resolves so that a flapping check opens one incident.
+    pub flap_damping: FlapDampingSection,
 }
+
+/// `[flap_damping]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlapDampingSection {
+    /// Each resolve (v2 resolve, v1 resolve) waits this long before it is sent; a trigger of the
+    /// same routing and dedup key within it cancels both (kept as superseded), so the incident
+    /// stays open. 0 (the default) = off; at most 24h.
+    #[serde(with = "humantime_serde")]
+    pub resolve_hold: Duration,
+}
+
+/// Longest `flap_damping.resolve_hold`.
+pub const MAX_RESOLVE_HOLD: Duration = Duration::from_secs(86_400);
 
 /// `[delivery]`
 #[derive(Debug, Clone, Deserialize)]
@@ -330,6 +348,8 @@ impl Default for ConfigFile {
             http: HttpSection::default(),
             metrics: MetricsSection::default(),
             delivery: DeliverySection::default(),
+            routes: Vec::new(),
+            flap_damping: FlapDampingSection::default(),
         }
     }
 }
@@ -435,6 +455,8 @@ pub struct Config {
     pub http_listen: Option<std::net::SocketAddr>,
     /// `http.allow`, parsed.
     pub http_allow: Vec<crate::http::AllowEntry>,
+    /// `[[routes]]`, checked.
+    pub router: crate::routing::Router,
 }
 
 impl Config {
@@ -596,6 +618,10 @@ impl Config {
         }
         check_delivery(&file.delivery, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
+        let router = crate::routing::Router::check(&file.routes, &mut problems);
+        if file.flap_damping.resolve_hold > MAX_RESOLVE_HOLD {
+            problems.push("flap_damping.resolve_hold: must be at most 24h (0 turns it off)".to_owned());
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
         }
@@ -612,6 +638,7 @@ impl Config {
             nagios,
             http_listen,
             http_allow,
+            router,
         })
     }
 

@@ -97,6 +97,11 @@ async fn serve(
     let (trigger, shutdown) = Shutdown::new();
     let metrics = crate::metrics::Metrics::new();
     store.set_metrics(metrics.clone());
+    // Before any intake starts: every accepted event is routed.
+    store.set_policy(crate::queue::policy::Policy {
+        router: config.router.clone(),
+        resolve_hold_ms: file.flap_damping.resolve_hold.as_millis() as u64,
+    });
     let mut metric_tasks = Vec::new();
     if !file.metrics.listen.is_empty() {
         let addr = file.metrics.listen.clone();

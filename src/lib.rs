@@ -14,7 +14,7 @@
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
 //! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments), [`text`] (escaping
-//! producer text for logs and terminals).
+//! producer text for logs and terminals), [`routing`] (`[[routes]]`: where each event goes).
 
 pub mod admin;
 pub mod cli;
@@ -28,5 +28,6 @@ pub mod live;
 pub mod metrics;
 pub mod pagerduty;
 pub mod queue;
+pub mod routing;
 pub mod send;
 pub mod text;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pdrelay::admin::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
-use pdrelay::cli::{Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, SendArgs, SensuArgs, ZabbixArgs};
+use pdrelay::cli::{
+    Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, RouteCommand, SendArgs, SensuArgs, ZabbixArgs,
+};
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::event::{Event, MAX_REQUEST_BYTES};
 use pdrelay::intake::{nagios, pdagent, sensu, zabbix};
@@ -54,6 +56,37 @@ fn main() -> ExitCode {
         Command::ImportPdagent(args) => run_import(&config, &args),
         Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts", false),
         Command::Queue { json, command } => run_queue(&config, command, json, pdagent_output),
+        Command::Route { command: RouteCommand::Test { file, intake } } => run_route_test(&config, file, &intake),
+    }
+}
+
+/// `pdrelay route test`: exit 0 with the route and the event, 1 when the event is not valid or
+/// cannot be read.
+fn run_route_test(config: &Config, file: Option<PathBuf>, intake: &str) -> ExitCode {
+    use std::io::Read;
+    const MAX_INPUT: u64 = 1 << 20;
+    let mut text = Vec::new();
+    let read = match file.as_deref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => std::fs::File::open(path).and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut text)),
+        None => std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut text),
+    };
+    if let Err(e) = read {
+        eprintln!("pdrelay: route test: cannot read the event: {e}");
+        return ExitCode::from(1);
+    }
+    if text.len() as u64 > MAX_INPUT {
+        eprintln!("pdrelay: route test: the event must be at most 1 MiB");
+        return ExitCode::from(1);
+    }
+    match Event::from_json(&text, &config.defaults) {
+        Ok(event) => {
+            print!("{}", pdrelay::routing::explain(&config.router, event, intake, &config.events_url));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay: route test: {}", pdrelay::text::Escaped(&e.to_string()));
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -105,7 +105,13 @@ impl EventsClient {
 
     /// POSTs `body` (JSON) to the endpoint of `kind` and reads the whole answer.
     pub async fn send(&self, kind: EventKind, body: Vec<u8>) -> Attempt {
-        let url = format!("{}{}", self.base, kind.endpoint_path());
+        self.send_to(None, kind, body).await
+    }
+
+    /// As [`EventsClient::send`], to the base URL `events_url` (no trailing slash) instead of
+    /// the client's own when one is given (a route's `events_url`); same proxy and timeouts.
+    pub async fn send_to(&self, events_url: Option<&str>, kind: EventKind, body: Vec<u8>) -> Attempt {
+        let url = format!("{}{}", events_url.unwrap_or(&self.base), kind.endpoint_path());
         let response =
             match self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await
             {

@@ -31,6 +31,7 @@
 //! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
 //! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
 
+pub mod policy;
 pub mod record;
 pub mod store;
 

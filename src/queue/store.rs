@@ -489,6 +489,8 @@ struct Inner {
     rate_limits: Mutex<crate::config::RateLimits>,
     /// Since when (ms since the epoch) the dispatcher holds PagerDuty for unreachable; 0: not.
     outage_since: AtomicU64,
+    /// Routes and flap damping, applied at acceptance (set by the daemon).
+    policy: Mutex<Arc<super::policy::Policy>>,
 }
 
 /// A sequence number below which no record is pending, so that scans for pending events skip
@@ -673,6 +675,7 @@ impl Store {
             pending_by_key: Mutex::new(HashMap::new()),
             send_now: std::sync::atomic::AtomicBool::new(false),
             outage_since: AtomicU64::new(0),
+            policy: Mutex::new(Arc::default()),
             rate_limits: Mutex::new(crate::config::RateLimits {
                 default_per_min: crate::config::DEFAULT_RATE_LIMIT,
                 ..Default::default()
@@ -934,6 +937,11 @@ impl Store {
     /// Superseded records kept now.
     pub fn superseded_count(&self) -> u64 {
         self.inner.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Sets the routes and flap damping that acceptance applies from now on.
+    pub fn set_policy(&self, policy: super::policy::Policy) {
+        *self.inner.policy.lock().expect("policy lock") = Arc::new(policy);
     }
 
     /// Sets the proactive rate limits that status and metrics report against.
@@ -1275,18 +1283,22 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         Ok(n) if *n >= events.len() as u64 => {
                             inserted_any = true;
                             let mut stored = 0u64;
+                            let mut not_sent = (0i64, 0i64);
                             let result = prepare_insert(
                                 inner,
                                 events,
                                 &mut batch,
+                                &mut written,
                                 &mut new_ids,
                                 &alerts,
                                 &mut stored,
+                                &mut not_sent,
                                 &mut by_source,
                                 &mut key_deltas,
                             );
                             *n = n.saturating_sub(stored);
-                            pending_delta += stored as i64;
+                            pending_delta += stored as i64 - not_sent.0;
+                            superseded_delta += not_sent.1;
                             stored_since_trim += stored;
                             result.map(Reply::Inserted)
                         }
@@ -1460,15 +1472,18 @@ fn prepare_insert(
     inner: &Inner,
     events: Vec<NewEvent>,
     batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
     new_ids: &mut HashMap<String, Accepted>,
     alerts: &HashMap<Vec<u8>, AlertState>,
     stored: &mut u64,
+    not_sent: &mut (i64, i64),
     by_source: &mut HashMap<&'static str, u64>,
     key_deltas: &mut HashMap<String, i64>,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
     let mut accepted = Vec::with_capacity(events.len());
+    let policy = inner.policy.lock().expect("policy lock").clone();
     for mut new in events {
         if window > 0 {
             if let Some(open) = repeated_trigger(inner, &new.event, now, window, alerts)? {
@@ -1505,10 +1520,25 @@ fn prepare_insert(
         let id = new.id.unwrap_or_else(|| generated_id(seq, now));
         let mut event = new.event;
         stamp_trigger(&mut event, now);
-        let record = Record::pending(id.clone(), seq, now, new.intake, event);
+        let mut record = Record::pending(id.clone(), seq, now, new.intake, event);
+        // `not_sent`: (earlier pending records made superseded, records made superseded).
+        let admitted = super::policy::admit(&inner.tree, &policy, &mut record, now, batch, written)?;
+        for rk in admitted.cancelled {
+            not_sent.0 += 1;
+            not_sent.1 += 1;
+            *key_deltas.entry(rk).or_insert(0) -= 1;
+        }
         batch.insert(&key(b'e', seq), record.encode());
-        *stored += 1;
-        *key_deltas.entry(record.event.routing_key().as_str().to_owned()).or_insert(0) += 1;
+        if record.hold.is_some() {
+            // A held resolve a trigger later in this commit may cancel: findable before the commit.
+            written.insert(seq, record.clone());
+        }
+        if record.state == State::Pending {
+            *stored += 1;
+            *key_deltas.entry(record.event.routing_key().as_str().to_owned()).or_insert(0) += 1;
+        } else {
+            not_sent.1 += 1;
+        }
         *by_source.entry(new.intake).or_insert(0) += 1;
         let a = Accepted { id, seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         if chosen {
@@ -1629,6 +1659,7 @@ fn prepare_outcome(
         return Ok(true);
     }
     record.attempts += 1;
+    record.hold = None;
     record.last_attempt_at_ms = Some(now);
     let meta = |name: &[u8], text: String| (meta_key(name), serde_json::to_vec(&(now, text)).expect("meta encodes"));
     match &outcome {

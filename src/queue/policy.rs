@@ -1,0 +1,189 @@
+//! Paging policy applied when an event is accepted, inside the committer's group commit:
+//! `[[routes]]` (and acknowledge/resolve following their trigger's routing key and URL), and flap
+//! damping (`[flap_damping]`: a resolve held, cancelled together with a trigger of the same key
+//! that comes within the hold). The rules themselves live in [`crate::routing`]; this module
+//! keeps the two small indexes they need in the queue's tree:
+//!
+//! - `r` + producer's routing key + NUL + dedup key -> [`Follow`] (JSON): where the last trigger
+//!   of that alert went, so that its acknowledge and resolve go there too, whatever the rules say
+//!   now. Removed by the resolve.
+//! - `h` + sent routing key + NUL + dedup key -> sequence number (8 bytes, big-endian) of a
+//!   resolve held by flap damping.
+//!
+//! Index writes go straight to the tree (visible to the next event of the same commit) and are
+//! flushed with the commit; an entry left by a failed commit points at nothing and is ignored.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{record_key, Record, State};
+use crate::event::{EventAction, RoutingKey};
+use crate::routing::{set_routing_key, Router};
+
+/// Where a trigger was sent, for its acknowledge and resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Follow {
+    /// The routing key it was sent to, in full.
+    pub routing_key: String,
+    /// The events URL, when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
+    /// The route that took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// It was dropped (its acknowledge and resolve are dropped too).
+    #[serde(default)]
+    pub dropped: bool,
+}
+
+/// The policy settings the daemon gives the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `[[routes]]`, checked.
+    pub router: Router,
+    /// `flap_damping.resolve_hold` in ms; 0 = off.
+    pub resolve_hold_ms: u64,
+}
+
+/// What admitting one event changed besides the event itself.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Pending records (other than this one) made superseded, by routing key.
+    pub cancelled: Vec<String>,
+}
+
+fn index_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
+    k.push(prefix);
+    k.extend_from_slice(routing_key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(dedup_key.as_bytes());
+    k
+}
+
+/// A trigger within this much of its held resolve's release does not cancel it (the resolve may
+/// be on its way), in ms.
+const RELEASE_MARGIN_MS: u64 = 1000;
+
+/// Applies routing and flap damping to a newly accepted `record` (state pending, not yet
+/// written). It may leave the record superseded (dropped by a route, or cancelled with a held
+/// resolve), held (`next_attempt_at_ms` and `hold` set), or re-routed; and it may make an
+/// earlier held resolve superseded, writing it to `batch` and `written`.
+pub fn admit(
+    tree: &sled::Tree,
+    policy: &Policy,
+    record: &mut Record,
+    now_ms: u64,
+    batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
+) -> Result<Admitted, sled::Error> {
+    let mut admitted = Admitted::default();
+    let action = record.event.action();
+    let dedup = record.event.dedup_key().map(str::to_owned);
+    let producer_key = record.event.routing_key().as_str().to_owned();
+    let follows = match (&dedup, action) {
+        (Some(d), Some(EventAction::Acknowledge | EventAction::Resolve)) if !policy.router.routes.is_empty() => {
+            let k = index_key(b'r', &producer_key, d);
+            let found = tree.get(&k)?.and_then(|v| serde_json::from_slice::<Follow>(&v).ok());
+            if found.is_some() && action == Some(EventAction::Resolve) {
+                tree.remove(&k)?;
+            }
+            found
+        }
+        _ => None,
+    };
+    if let Some(follow) = follows {
+        if follow.dropped {
+            drop_record(
+                record,
+                now_ms,
+                format!("dropped: its trigger was dropped by route {:?}; not sent", follow.route.unwrap_or_default()),
+            );
+            return Ok(admitted);
+        }
+        if let Ok(key) = RoutingKey::parse(&follow.routing_key, "routing_key") {
+            set_routing_key(&mut record.event, key);
+        }
+        record.events_url = follow.events_url;
+        record.route = follow.route.map(|r| format!("{r} (follows its trigger)"));
+    } else {
+        let routed = policy.router.apply(&mut record.event, &record.intake);
+        if let (Some(d), Some(EventAction::Trigger)) = (&dedup, action) {
+            if !policy.router.routes.is_empty() {
+                let follow = Follow {
+                    routing_key: record.event.routing_key().as_str().to_owned(),
+                    events_url: routed.events_url.clone(),
+                    route: routed.route.clone(),
+                    dropped: routed.dropped,
+                };
+                tree.insert(index_key(b'r', &producer_key, d), serde_json::to_vec(&follow).expect("follows encode"))?;
+            }
+        }
+        record.route = routed.route.clone();
+        record.events_url = routed.events_url;
+        if routed.dropped {
+            drop_record(record, now_ms, format!("dropped by route {:?}; not sent", routed.route.unwrap_or_default()));
+            return Ok(admitted);
+        }
+    }
+    let (Some(d), true) = (&dedup, policy.resolve_hold_ms > 0) else { return Ok(admitted) };
+    let sent_key = record.event.routing_key().as_str().to_owned();
+    let hk = index_key(b'h', &sent_key, d);
+    match action {
+        Some(EventAction::Resolve) => {
+            record.next_attempt_at_ms = Some(now_ms + policy.resolve_hold_ms);
+            record.hold = Some(format!(
+                "flap damping: resolve held for {} ms; a trigger of the same key within it cancels both",
+                policy.resolve_hold_ms
+            ));
+            tree.insert(hk, &record.seq.to_be_bytes())?;
+        }
+        Some(EventAction::Trigger) => {
+            let Some(seq) = tree.get(&hk)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)) else {
+                return Ok(admitted);
+            };
+            tree.remove(&hk)?;
+            let held = match written.remove(&seq) {
+                Some(r) => Some(r),
+                None => tree.get(record_key(seq))?.and_then(|b| Record::decode(&b).ok()),
+            };
+            let Some(mut held) = held else { return Ok(admitted) };
+            let holding = held.state == State::Pending
+                && held.hold.is_some()
+                && held.next_attempt_at_ms.is_some_and(|at| at > now_ms + RELEASE_MARGIN_MS);
+            if holding {
+                held.state = State::Superseded;
+                held.last_error = Some(format!(
+                    "cancelled by the trigger {} within the flap damping hold; not sent (the incident stays open)",
+                    record.id
+                ));
+                held.next_attempt_at_ms = None;
+                held.hold = None;
+                held.last_attempt_at_ms = Some(now_ms);
+                batch.insert(&record_key(held.seq), held.encode());
+                admitted.cancelled.push(sent_key);
+                drop_record(
+                    record,
+                    now_ms,
+                    format!(
+                        "cancelled with the held resolve {} (flap damping); not sent: the incident is still open",
+                        held.id
+                    ),
+                );
+            }
+            written.insert(held.seq, held);
+        }
+        _ => {}
+    }
+    Ok(admitted)
+}
+
+/// Marks a new record as not to be sent, with the reason.
+fn drop_record(record: &mut Record, now_ms: u64, reason: String) {
+    record.state = State::Superseded;
+    record.last_error = Some(reason);
+    record.last_attempt_at_ms = Some(now_ms);
+    record.next_attempt_at_ms = None;
+    record.hold = None;
+}

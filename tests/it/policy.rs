@@ -1,0 +1,221 @@
+//! Paging policy on the host: routes (`[[routes]]`, `pdrelay route test`) and flap damping
+//! (`[flap_damping]`), through the binary against fake Events APIs.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::fake_api::FakeApi;
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn resolve(rk: &str, dedup: &str) -> String {
+    json!({"routing_key": rk, "event_action": "resolve", "dedup_key": dedup}).to_string()
+}
+
+fn trigger_from(rk: &str, dedup: &str, source: &str) -> String {
+    json!({"routing_key": rk, "event_action": "trigger", "dedup_key": dedup,
+        "payload": {"summary": format!("{dedup} down"), "source": source, "severity": "warning"}})
+    .to_string()
+}
+
+fn send_lines(env: &TestEnv, lines: &[String]) {
+    let mut c = env.connect();
+    for line in lines {
+        c.send_line(line);
+        let reply = c.read_reply();
+        assert_eq!(reply["ok"], true, "{line}: {reply}");
+    }
+}
+
+/// Rewrites the test config, keeping everything up to the first `[[routes]]` or `[flap_damping]`
+/// table and appending `tail`.
+fn replace_policy(env: &TestEnv, tail: &str) {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let mut doc: toml::Table = toml::from_str(&text).unwrap();
+    doc.remove("routes");
+    let more: toml::Table = toml::from_str(tail).unwrap();
+    doc.extend(more);
+    std::fs::write(&env.config, toml::to_string(&doc).unwrap()).unwrap();
+}
+
+fn records(env: &TestEnv) -> Vec<Value> {
+    env.queue_json(&["list", "--limit", "1000"]).as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_route_by_source_sends_to_another_key_and_url_and_the_resolve_follows_after_the_rules_change() {
+    let eu = FakeApi::start();
+    let (producer, eu_key, other) = (routing_key(171), routing_key(172), routing_key(173));
+    let env = TestEnv::with_config(&format!(
+        r#"[[routes]]
+name = "eu-web"
+match = {{ source = "glob:web*", intake = "socket" }}
+routing_key = "{eu_key}"
+events_url = "{eu_url}"
+severity = "critical"
+[[routes]]
+name = "quiet-lab"
+match = {{ source = "re:lab[0-9]+" }}
+drop = true
+"#,
+        eu_url = eu.url()
+    ));
+    let daemon = env.start();
+    send_lines(
+        &env,
+        &[
+            trigger_from(&producer, "web-disk", "web1"),
+            trigger_from(&producer, "lab-disk", "lab7"),
+            trigger_from(&producer, "db-disk", "db1"),
+        ],
+    );
+    let sent = eu.wait_accepted(1, WAIT);
+    assert_eq!(sent[0].body["routing_key"], eu_key.as_str());
+    assert_eq!(sent[0].body["payload"]["severity"], "critical");
+    assert_eq!(sent[0].body["dedup_key"], "web-disk");
+    let us = env.fake.wait_accepted(1, WAIT);
+    assert_eq!(
+        (us[0].body["dedup_key"].as_str(), us[0].body["routing_key"].as_str()),
+        (Some("db-disk"), Some(producer.as_str()))
+    );
+    let list = records(&env);
+    let lab = list.iter().find(|r| r["dedup_key"] == "lab-disk").expect("the dropped event is listed");
+    assert_eq!(lab["state"], "superseded", "{lab}");
+    assert!(lab["last_error"].as_str().unwrap().contains("dropped by route \"quiet-lab\""), "{lab}");
+    assert_eq!(lab["route"], "quiet-lab");
+    let (code, _, log) = daemon.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+
+    // The rules change: the producer's key now goes to a third key on the default URL. The open
+    // alert's resolve still goes where its trigger went; a new alert takes the new rule.
+    replace_policy(
+        &env,
+        &format!(
+            "[[routes]]\nname = \"all-other\"\nmatch = {{ routing_key = \"{producer}\" }}\nrouting_key = \"{other}\"\n"
+        ),
+    );
+    let _daemon = env.start();
+    send_lines(&env, &[resolve(&producer, "web-disk"), trigger_from(&producer, "web-cpu", "web1")]);
+    let sent = eu.wait_accepted(2, WAIT);
+    assert_eq!(sent[1].body["event_action"], "resolve");
+    assert_eq!(sent[1].body["routing_key"], eu_key.as_str(), "the resolve follows its trigger's key and URL");
+    let us = env.fake.wait_accepted(2, WAIT);
+    assert_eq!(
+        (us[1].body["dedup_key"].as_str(), us[1].body["routing_key"].as_str()),
+        (Some("web-cpu"), Some(other.as_str()))
+    );
+    assert_eq!(eu.accepted().len(), 2);
+}
+
+#[test]
+fn route_test_shows_the_route_taken_and_the_event_as_it_would_be_sent() {
+    let eu_key = routing_key(174);
+    let env = TestEnv::with_config(&format!(
+        "[[routes]]\nname = \"eu\"\nmatch = {{ \"custom_details.region\" = \"eu\" }}\nrouting_key = \"{eu_key}\"\n\
+         events_url = \"https://events.eu.pagerduty.com\"\n[[routes]]\nname = \"nagios-drop\"\nmatch = {{ intake = \"nagios\" }}\ndrop = true\n"
+    ));
+    let event = json!({"routing_key": routing_key(175), "event_action": "trigger", "dedup_key": "d",
+        "payload": {"summary": "disk \u{1b}[31m full", "source": "h", "severity": "info", "custom_details": {"region": "eu"}}});
+    let path = env.dir.path().join("event.json");
+    std::fs::write(&path, event.to_string()).unwrap();
+    let out = env.command().args(["route", "test"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "route: eu (routes[1])");
+    assert_eq!(lines[1], format!("routing_key: {}…", &eu_key[..6]));
+    assert_eq!(lines[2], "url: https://events.eu.pagerduty.com/v2/enqueue");
+    assert!(lines[3].starts_with("body: {") && lines[3].contains("\"dedup_key\":\"d\""), "{stdout}");
+    assert!(!stdout.contains(&eu_key) && !stdout.contains('\u{1b}'), "keys redacted, controls escaped: {stdout}");
+    let out = env
+        .command()
+        .args(["route", "test", "--intake", "nagios", "-"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "route: eu (routes[1])",
+            &format!("routing_key: {}…", &eu_key[..6]),
+            "url: https://events.eu.pagerduty.com/v2/enqueue",
+            stdout.lines().nth(3).unwrap()
+        ]
+    );
+    let plain = json!({"routing_key": routing_key(175), "event_action": "resolve", "dedup_key": "d"});
+    std::fs::write(&path, plain.to_string()).unwrap();
+    let out = env.command().args(["route", "test", "--intake", "nagios"]).arg(&path).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "route: nagios-drop (routes[2])\naction: drop (kept as superseded, not sent)\n"
+    );
+}
+
+#[test]
+fn check_config_refuses_unreachable_routes_bad_patterns_and_bad_durations_one_line_each() {
+    let env = TestEnv::with_config(&format!(
+        "[flap_damping]\nresolve_hold = \"2d\"\n\
+         [[routes]]\nmatch = {{ intake = \"nagios\" }}\nrouting_key = \"{k}\"\n\
+         [[routes]]\nmatch = {{ intake = \"nagios\", source = \"glob:web*\" }}\nrouting_key = \"{k}\"\n\
+         [[routes]]\nmatch = {{ source = \"re:web(\" }}\ndrop = true\n\
+         [[routes]]\nmatch = {{ colour = \"red\" }}\nevents_url = \"ftp://x\"\n",
+        k = routing_key(176)
+    ));
+    let out = env.command().arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert!(
+        lines[0]
+            .starts_with("pdrelay: config: routes[2]: unreachable: every event it matches is taken first by routes[1]"),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with("pdrelay: config: routes[3].match.source: is not a valid pattern"), "{stderr}");
+    assert!(lines[2].starts_with("pdrelay: config: routes[4].match.colour: is not a field to match"), "{stderr}");
+    assert!(
+        lines[3].starts_with("pdrelay: config: routes[4].events_url: must be an http or https base URL"),
+        "{stderr}"
+    );
+    assert_eq!(lines[4], "pdrelay: config: flap_damping.resolve_hold: must be at most 24h (0 turns it off)");
+    let bad_duration = TestEnv::with_config("[flap_damping]\nresolve_hold = \"soon\"\n");
+    let out = bad_duration.command().arg("check-config").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), stderr.lines().count()), (Some(2), 1), "{stderr}");
+    assert!(stderr.contains("resolve_hold"), "{stderr}");
+}
+
+#[test]
+fn a_flapping_key_within_the_damping_time_opens_one_incident_that_resolves_once_it_settles() {
+    let env = TestEnv::with_config("[flap_damping]\nresolve_hold = \"2s\"\n");
+    let _daemon = env.start();
+    let rk = routing_key(177);
+    send_lines(&env, &[trigger_from(&rk, "svc", "web1")]);
+    env.fake.wait_accepted(1, WAIT);
+    // CRITICAL/OK/CRITICAL/OK/CRITICAL/OK within the hold: the resolves are held, each new
+    // trigger cancels the held resolve and itself, the last resolve goes once it has settled.
+    send_lines(
+        &env,
+        &[
+            resolve(&rk, "svc"),
+            trigger_from(&rk, "svc", "web1"),
+            resolve(&rk, "svc"),
+            trigger_from(&rk, "svc", "web1"),
+            resolve(&rk, "svc"),
+        ],
+    );
+    let sent = env.fake.wait_accepted(2, WAIT);
+    let actions: Vec<&str> = sent.iter().map(|r| r.body["event_action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["trigger", "resolve"]);
+    wait_until("nothing pending", WAIT, || {
+        records(&env).iter().all(|r| r["state"] != "pending" && r["state"] != "waiting")
+    });
+    let list = records(&env);
+    let cancelled: Vec<&Value> = list.iter().filter(|r| r["state"] == "superseded").collect();
+    assert_eq!(cancelled.len(), 4, "{list:?}");
+    assert!(cancelled.iter().any(|r| r["last_error"].as_str().unwrap().contains("within the flap damping hold")));
+    assert_eq!(env.fake.accepted().len(), 2);
+}
