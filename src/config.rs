@@ -52,6 +52,8 @@ pub struct ConfigFile {
     pub routes: Vec<crate::routing::RouteSection>,
     /// Holding resolves so that a flapping check opens one incident.
     pub flap_damping: FlapDampingSection,
+    /// Weekly maintenance windows (see [`crate::silence`]).
+    pub maintenance: Vec<crate::silence::MaintenanceSection>,
 }
 
 /// `[flap_damping]`
@@ -350,6 +352,7 @@ impl Default for ConfigFile {
             delivery: DeliverySection::default(),
             routes: Vec::new(),
             flap_damping: FlapDampingSection::default(),
+            maintenance: Vec::new(),
         }
     }
 }
@@ -457,6 +460,8 @@ pub struct Config {
     pub http_allow: Vec<crate::http::AllowEntry>,
     /// `[[routes]]`, checked.
     pub router: crate::routing::Router,
+    /// `[[maintenance]]`, checked.
+    pub windows: Vec<crate::silence::Window>,
 }
 
 impl Config {
@@ -619,6 +624,7 @@ impl Config {
         check_delivery(&file.delivery, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
         let router = crate::routing::Router::check(&file.routes, &mut problems);
+        let windows = crate::silence::check_windows(&file.maintenance, &mut problems);
         if file.flap_damping.resolve_hold > MAX_RESOLVE_HOLD {
             problems.push("flap_damping.resolve_hold: must be at most 24h (0 turns it off)".to_owned());
         }
@@ -639,6 +645,7 @@ impl Config {
             http_listen,
             http_allow,
             router,
+            windows,
         })
     }
 

@@ -101,7 +101,8 @@ async fn serve(
     store.set_policy(crate::queue::policy::Policy {
         router: config.router.clone(),
         resolve_hold_ms: file.flap_damping.resolve_hold.as_millis() as u64,
-    });
+        silences: crate::silence::Silences { stored: Vec::new(), windows: config.windows.clone() },
+    })?;
     let mut metric_tasks = Vec::new();
     if !file.metrics.listen.is_empty() {
         let addr = file.metrics.listen.clone();

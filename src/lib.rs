@@ -14,7 +14,8 @@
 //! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
 //! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments), [`text`] (escaping
-//! producer text for logs and terminals), [`routing`] (`[[routes]]`: where each event goes).
+//! producer text for logs and terminals), [`routing`] (`[[routes]]`: where each event goes), [`silence`] (silences and
+//! maintenance windows).
 
 pub mod admin;
 pub mod cli;
@@ -30,4 +31,5 @@ pub mod pagerduty;
 pub mod queue;
 pub mod routing;
 pub mod send;
+pub mod silence;
 pub mod text;

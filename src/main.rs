@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use pdrelay::admin::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
 use pdrelay::cli::{
-    Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, RouteCommand, SendArgs, SensuArgs, ZabbixArgs,
+    Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, RouteCommand, SendArgs, SensuArgs, SilenceCommand,
+    ZabbixArgs,
 };
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::event::{Event, MAX_REQUEST_BYTES};
@@ -57,7 +58,70 @@ fn main() -> ExitCode {
         Command::Alerts { json } => run_admin(&config, AdminRequest::Alerts, json, "pdrelay alerts", false),
         Command::Queue { json, command } => run_queue(&config, command, json, pdagent_output),
         Command::Route { command: RouteCommand::Test { file, intake } } => run_route_test(&config, file, &intake),
+        Command::Silence { json, command } => run_silence(&config, command, json),
     }
+}
+
+/// `pdrelay silence add|list|expire`: through the daemon's admin socket, or on the queue
+/// directly when the daemon is stopped. Exit 2 for a bad silence.
+fn run_silence(config: &Config, command: SilenceCommand, json: bool) -> ExitCode {
+    let request = match command {
+        SilenceCommand::List => AdminRequest::Silences,
+        SilenceCommand::Expire { id } => AdminRequest::SilenceExpire { id },
+        SilenceCommand::Add { matchers, duration, end, start, comment, created_by } => {
+            match new_silence(matchers, duration, end, start, comment, created_by) {
+                Ok(s) => AdminRequest::SilenceAdd(s),
+                Err(e) => {
+                    eprintln!("pdrelay silence add: {}", pdrelay::text::Escaped(&e));
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    run_admin(config, request, json, "pdrelay silence", false)
+}
+
+fn new_silence(
+    matchers: Vec<String>,
+    duration: Option<std::time::Duration>,
+    end: Option<String>,
+    start: Option<String>,
+    comment: String,
+    created_by: Option<String>,
+) -> Result<pdrelay::silence::Silence, String> {
+    let now = pdrelay::queue::store::now_ms();
+    let parse = |field: &str, text: &str| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+            .map_err(|_| format!("--{field}: must be an RFC 3339 time such as 2026-12-02T06:00:00Z (got {text:?})"))
+    };
+    let starts_at_ms = match &start {
+        Some(t) => parse("start", t)?,
+        None => now,
+    };
+    let ends_at_ms = match (&end, duration) {
+        (Some(t), _) => parse("end", t)?,
+        (None, Some(d)) => starts_at_ms.saturating_add(d.as_millis() as u64),
+        (None, None) => return Err("--duration or --end: one is needed".into()),
+    };
+    let created_by = created_by
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let silence = pdrelay::silence::Silence {
+        id: uuid::Uuid::new_v4().to_string(),
+        matchers: pdrelay::silence::parse_matcher_args(&matchers)?,
+        starts_at_ms,
+        ends_at_ms,
+        comment,
+        created_by,
+        created_at_ms: now,
+    };
+    silence.check()?;
+    if ends_at_ms <= now {
+        return Err("--end: must be in the future".into());
+    }
+    Ok(silence)
 }
 
 /// `pdrelay route test`: exit 0 with the route and the event, 1 when the event is not valid or

@@ -44,6 +44,37 @@ pub struct Policy {
     pub router: Router,
     /// `flap_damping.resolve_hold` in ms; 0 = off.
     pub resolve_hold_ms: u64,
+    /// Stored silences and `[[maintenance]]` windows.
+    pub silences: crate::silence::Silences,
+}
+
+/// What the held-by-silence index (`q`) says of one held event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Silenced {
+    /// `silence ID` or `maintenance NAME`.
+    by: String,
+    /// Held until, ms since the epoch.
+    until_ms: u64,
+}
+
+fn silenced_key(routing_key: &str, dedup_key: &str, seq: u64) -> Vec<u8> {
+    let mut k = index_key(b'q', routing_key, dedup_key);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Sequence numbers of the events held by `by` (`silence ID`), for `silence expire`.
+pub fn held_by(tree: &sled::Tree, by: &str) -> Result<Vec<u64>, sled::Error> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix([b'q']) {
+        let (k, v) = item?;
+        let Ok(s) = serde_json::from_slice::<Silenced>(&v) else { continue };
+        if s.by == by && k.len() >= 9 {
+            out.push(u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes")));
+        }
+    }
+    Ok(out)
 }
 
 /// What admitting one event changed besides the event itself.
@@ -77,6 +108,7 @@ pub fn admit(
     now_ms: u64,
     batch: &mut sled::Batch,
     written: &mut HashMap<u64, Record>,
+    pd_open: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Admitted, sled::Error> {
     let mut admitted = Admitted::default();
     let action = record.event.action();
@@ -124,6 +156,11 @@ pub fn admit(
         record.events_url = routed.events_url;
         if routed.dropped {
             drop_record(record, now_ms, format!("dropped by route {:?}; not sent", routed.route.unwrap_or_default()));
+            return Ok(admitted);
+        }
+    }
+    if let Some(d) = &dedup {
+        if silence(tree, policy, record, d, now_ms, batch, written, pd_open, &mut admitted)? {
             return Ok(admitted);
         }
     }
@@ -177,6 +214,104 @@ pub fn admit(
         _ => {}
     }
     Ok(admitted)
+}
+
+/// Silences (Alertmanager's semantics): a trigger or acknowledge that a silence or maintenance
+/// window matches is held until its end, then sent. A resolve of a key with held triggers
+/// cancels them (superseded, never sent); the resolve itself is held to the same end and sent
+/// if PagerDuty has the alert open (`pd_open`: delivered before the silence), else superseded.
+/// A resolve matching a silence with nothing held is held to its end too. Returns true when the
+/// record was decided here (held or superseded).
+#[allow(clippy::too_many_arguments)] // the commit's state, passed through from `admit`
+fn silence(
+    tree: &sled::Tree,
+    policy: &Policy,
+    record: &mut Record,
+    dedup: &str,
+    now_ms: u64,
+    batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
+    pd_open: &dyn Fn(&str, &str) -> bool,
+    admitted: &mut Admitted,
+) -> Result<bool, sled::Error> {
+    let rk = record.event.routing_key().as_str().to_owned();
+    let holding = policy.silences.holding(&record.event, &record.intake, now_ms);
+    match record.event.action() {
+        Some(EventAction::Resolve) => {
+            let mut cancelled_until = None;
+            let mut cancelled_any = false;
+            let mut prefix_nul = index_key(b'q', &rk, dedup);
+            prefix_nul.push(0);
+            for item in tree.scan_prefix(&prefix_nul) {
+                let (k, v) = item?;
+                tree.remove(&k)?;
+                let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
+                let Ok(held_by) = serde_json::from_slice::<Silenced>(&v) else { continue };
+                let held = match written.remove(&seq) {
+                    Some(r) => Some(r),
+                    None => tree.get(record_key(seq))?.and_then(|b| Record::decode(&b).ok()),
+                };
+                let Some(mut held) = held else { continue };
+                if held.state == State::Pending
+                    && held.hold.is_some()
+                    && held.next_attempt_at_ms.is_some_and(|at| at > now_ms + RELEASE_MARGIN_MS)
+                {
+                    held.state = State::Superseded;
+                    held.last_error = Some(format!("resolved by {} during the {}; not sent", record.id, held_by.by));
+                    held.next_attempt_at_ms = None;
+                    held.hold = None;
+                    held.last_attempt_at_ms = Some(now_ms);
+                    batch.insert(&record_key(seq), held.encode());
+                    admitted.cancelled.push(rk.clone());
+                    cancelled_any = true;
+                    cancelled_until = cancelled_until.max(Some((held_by.until_ms, held_by.by)));
+                }
+                written.insert(seq, held);
+            }
+            let hold = match (cancelled_until, holding) {
+                (Some(c), Some(h)) => Some(if h.1 > c.0 { h } else { (c.1, c.0) }),
+                (Some((until, by)), None) => Some((by, until)),
+                (None, h) => h,
+            };
+            let Some((by, until)) = hold else { return Ok(false) };
+            if cancelled_any && !pd_open(&rk, dedup) {
+                drop_record(
+                    record,
+                    now_ms,
+                    format!(
+                        "resolved during the {by} before its trigger was sent; not sent (nothing open in PagerDuty)"
+                    ),
+                );
+            } else {
+                hold_record(tree, record, dedup, &by, until)?;
+            }
+            Ok(true)
+        }
+        Some(EventAction::Trigger | EventAction::Acknowledge) => {
+            let Some((by, until)) = holding else { return Ok(false) };
+            hold_record(tree, record, dedup, &by, until)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Holds `record` until `until_ms` for `by`, indexed under its key for a later resolve.
+fn hold_record(
+    tree: &sled::Tree,
+    record: &mut Record,
+    dedup: &str,
+    by: &str,
+    until_ms: u64,
+) -> Result<(), sled::Error> {
+    record.next_attempt_at_ms = Some(until_ms);
+    record.hold = Some(format!("{by}: held until it ends"));
+    let entry = Silenced { by: by.to_owned(), until_ms };
+    tree.insert(
+        silenced_key(record.event.routing_key().as_str(), dedup, record.seq),
+        serde_json::to_vec(&entry).expect("silenced entries encode"),
+    )?;
+    Ok(())
 }
 
 /// Marks a new record as not to be sent, with the reason.

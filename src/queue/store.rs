@@ -409,6 +409,8 @@ enum Op {
     ForgetResolved(u64),
     /// Nothing: answers once the committer gets to it (a liveness probe for the watchdog).
     Ping,
+    /// Keys set (`Some`) or removed (`None`) as they are: stored silences.
+    Put(Vec<(Vec<u8>, Option<Vec<u8>>)>),
 }
 
 /// A submitted insert; [`InsertTicket::wait`] completes once it is durable (or failed).
@@ -575,6 +577,13 @@ fn pause_key(routing_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + routing_key.len());
     k.push(b'k');
     k.extend_from_slice(routing_key.as_bytes());
+    k
+}
+
+fn silence_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(b's');
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -939,9 +948,62 @@ impl Store {
         self.inner.superseded.load(Ordering::SeqCst)
     }
 
-    /// Sets the routes and flap damping that acceptance applies from now on.
-    pub fn set_policy(&self, policy: super::policy::Policy) {
+    /// Sets the routes, flap damping and maintenance windows that acceptance applies from now
+    /// on, with the silences stored in the database.
+    pub fn set_policy(&self, mut policy: super::policy::Policy) -> Result<(), StoreError> {
+        policy.silences.set_stored(self.silences()?, now_ms());
         *self.inner.policy.lock().expect("policy lock") = Arc::new(policy);
+        Ok(())
+    }
+
+    fn refresh_silences(&self) -> Result<(), StoreError> {
+        let stored = self.silences()?;
+        let mut guard = self.inner.policy.lock().expect("policy lock");
+        let mut policy = (**guard).clone();
+        policy.silences.set_stored(stored, now_ms());
+        *guard = Arc::new(policy);
+        Ok(())
+    }
+
+    /// Every stored silence, expired ones included, in id order.
+    pub fn silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b's']) {
+            let (_, v) = item?;
+            if let Ok(s) = serde_json::from_slice(&v) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a silence durably (answers once it is on disk); acceptance applies it from then.
+    pub async fn save_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(silence).expect("silences encode");
+        self.request(Op::Put(vec![(silence_key(&silence.id), Some(value))])).await?;
+        self.refresh_silences()
+    }
+
+    /// Ends the silence `id` now and sends the events it held (as `queue retry --waiting` does);
+    /// `None` when there is no such silence. Returns it and how many events it released.
+    pub async fn expire_silence(&self, id: &str) -> Result<Option<(crate::silence::Silence, usize)>, StoreError> {
+        let Some(mut silence) = self
+            .inner
+            .tree
+            .get(silence_key(id))?
+            .and_then(|v| serde_json::from_slice::<crate::silence::Silence>(&v).ok())
+        else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if silence.ends_at_ms > now {
+            silence.ends_at_ms = now;
+            silence.starts_at_ms = silence.starts_at_ms.min(now);
+            self.save_silence(&silence).await?;
+        }
+        let held = super::policy::held_by(&self.inner.tree, &format!("silence {id}"))?;
+        let released = if held.is_empty() { 0 } else { self.send_now(held).await? };
+        Ok(Some((silence, released)))
     }
 
     /// Sets the proactive rate limits that status and metrics report against.
@@ -1384,6 +1446,15 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                 }
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
+                Op::Put(writes) => {
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        }
+                    }
+                    Ok(Reply::Done)
+                }
             };
             replies.push((req.reply, result));
         }
@@ -1522,7 +1593,20 @@ fn prepare_insert(
         stamp_trigger(&mut event, now);
         let mut record = Record::pending(id.clone(), seq, now, new.intake, event);
         // `not_sent`: (earlier pending records made superseded, records made superseded).
-        let admitted = super::policy::admit(&inner.tree, &policy, &mut record, now, batch, written)?;
+        let pd_open = |rk: &str, dedup: &str| {
+            let k = alert_key(rk, dedup);
+            match alerts.get(&k) {
+                Some(s) => s.is_open(),
+                None => inner
+                    .tree
+                    .get(&k)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<AlertState>(&v).ok())
+                    .is_some_and(|s| s.is_open()),
+            }
+        };
+        let admitted = super::policy::admit(&inner.tree, &policy, &mut record, now, batch, written, &pd_open)?;
         for rk in admitted.cancelled {
             not_sent.0 += 1;
             not_sent.1 += 1;

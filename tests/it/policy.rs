@@ -219,3 +219,99 @@ fn a_flapping_key_within_the_damping_time_opens_one_incident_that_resolves_once_
     assert!(cancelled.iter().any(|r| r["last_error"].as_str().unwrap().contains("within the flap damping hold")));
     assert_eq!(env.fake.accepted().len(), 2);
 }
+
+fn silence_cmd(env: &TestEnv, args: &[&str]) -> Value {
+    let out = env.command().arg("silence").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "silence {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["result"].clone()
+}
+
+fn by_dedup<'a>(list: &'a [Value], dedup: &str, action: &str) -> &'a Value {
+    list.iter()
+        .find(|r| r["dedup_key"] == dedup && r["action"] == action)
+        .unwrap_or_else(|| panic!("{dedup} {action} in {list:?}"))
+}
+
+#[test]
+fn a_silence_holds_triggers_and_at_its_end_sends_the_still_open_ones_not_those_resolved_meanwhile() {
+    let env = TestEnv::new();
+    let _daemon = env.start();
+    let rk = routing_key(178);
+    send_lines(&env, &[trigger_from(&rk, "c", "web1")]);
+    env.fake.wait_accepted(1, WAIT);
+    let added = silence_cmd(
+        &env,
+        &["add", "--match", &format!("routing_key={rk}"), "--duration", "1h", "--comment", "db upgrade", "--by", "ops"],
+    );
+    let id = added[0]["id"].as_str().unwrap().to_owned();
+    // a: still open at the end; b: resolved during the silence; c: open in PagerDuty before it.
+    send_lines(
+        &env,
+        &[trigger_from(&rk, "a", "web1"), trigger_from(&rk, "b", "web1"), resolve(&rk, "b"), resolve(&rk, "c")],
+    );
+    let list = records(&env);
+    for (dedup, action, state) in [
+        ("a", "trigger", "waiting"),
+        ("b", "trigger", "superseded"),
+        ("b", "resolve", "superseded"),
+        ("c", "resolve", "waiting"),
+    ] {
+        let r = by_dedup(&list, dedup, action);
+        assert_eq!(r["state"], state, "{r}");
+    }
+    assert!(by_dedup(&list, "a", "trigger")["hold"].as_str().unwrap().contains(&format!("silence {id}")));
+    assert!(by_dedup(&list, "b", "trigger")["last_error"].as_str().unwrap().contains("during the silence"));
+    let listed = silence_cmd(&env, &["list"]);
+    assert_eq!(
+        (listed[0]["id"].as_str(), listed[0]["comment"].as_str(), listed[0]["created_by"].as_str()),
+        (Some(id.as_str()), Some("db upgrade"), Some("ops"))
+    );
+
+    let expired = silence_cmd(&env, &["expire", &id]);
+    assert_eq!(expired["released"], 2, "{expired}");
+    let sent = env.fake.wait_accepted(3, WAIT);
+    let mut got: Vec<(String, String)> = sent[1..]
+        .iter()
+        .map(|r| {
+            (r.body["dedup_key"].as_str().unwrap().to_owned(), r.body["event_action"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, [("a".to_owned(), "trigger".to_owned()), ("c".to_owned(), "resolve".to_owned())]);
+    wait_until("nothing pending", WAIT, || {
+        records(&env).iter().all(|r| r["state"] != "pending" && r["state"] != "waiting")
+    });
+    assert_eq!(env.fake.accepted().len(), 3, "b was never sent");
+}
+
+#[test]
+fn a_silence_survives_a_restart_and_a_maintenance_window_holds_too() {
+    let env = TestEnv::with_config(
+        "[[maintenance]]\nname = \"always\"\nmatch = { source = \"lab1\" }\n\
+         days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\nstart = \"00:00\"\nduration = \"7d\"\n",
+    );
+    let rk = routing_key(179);
+    // Added while the daemon is stopped: stored in the queue's database directly.
+    let added = silence_cmd(&env, &["add", "-m", "source=glob:web*", "--duration", "2h", "-c", "window"]);
+    let id = added[0]["id"].as_str().unwrap().to_owned();
+    let daemon = env.start();
+    send_lines(&env, &[trigger_from(&rk, "w", "web7"), trigger_from(&rk, "l", "lab1"), trigger_from(&rk, "x", "db1")]);
+    let sent = env.fake.wait_accepted(1, WAIT);
+    assert_eq!(sent[0].body["dedup_key"], "x");
+    let (code, _, log) = daemon.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    let _daemon = env.start();
+    let list = records(&env);
+    assert_eq!(by_dedup(&list, "w", "trigger")["state"], "waiting");
+    assert!(by_dedup(&list, "l", "trigger")["hold"].as_str().unwrap().contains("maintenance always"));
+    assert_eq!(silence_cmd(&env, &["list"])[0]["id"], id.as_str());
+    send_lines(&env, &[trigger_from(&rk, "w2", "web8")]);
+    assert_eq!(by_dedup(&records(&env), "w2", "trigger")["state"], "waiting", "the silence applies after the restart");
+    silence_cmd(&env, &["expire", &id]);
+    let sent = env.fake.wait_accepted(3, WAIT);
+    let mut got: Vec<&str> = sent[1..].iter().map(|r| r.body["dedup_key"].as_str().unwrap()).collect();
+    got.sort();
+    assert_eq!(got, ["w", "w2"]);
+    assert_eq!(by_dedup(&records(&env), "l", "trigger")["state"], "waiting", "the window still holds");
+}
