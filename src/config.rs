@@ -54,6 +54,10 @@ pub struct ConfigFile {
     pub flap_damping: FlapDampingSection,
     /// Weekly maintenance windows (see [`crate::silence`]).
     pub maintenance: Vec<crate::silence::MaintenanceSection>,
+    /// A dead man's switch to ping (see [`crate::heartbeat`]).
+    pub heartbeat: crate::heartbeat::HeartbeatSection,
+    /// Producers that must be heard from (a site relay).
+    pub expected_senders: Vec<crate::heartbeat::ExpectedSenderSection>,
 }
 
 /// `[flap_damping]`
@@ -353,6 +357,8 @@ impl Default for ConfigFile {
             routes: Vec::new(),
             flap_damping: FlapDampingSection::default(),
             maintenance: Vec::new(),
+            heartbeat: Default::default(),
+            expected_senders: Vec::new(),
         }
     }
 }
@@ -462,6 +468,8 @@ pub struct Config {
     pub router: crate::routing::Router,
     /// `[[maintenance]]`, checked.
     pub windows: Vec<crate::silence::Window>,
+    /// `[[expected_senders]]`, checked.
+    pub expected_senders: Vec<crate::heartbeat::Expected>,
 }
 
 impl Config {
@@ -625,6 +633,8 @@ impl Config {
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
         let router = crate::routing::Router::check(&file.routes, &mut problems);
         let windows = crate::silence::check_windows(&file.maintenance, &mut problems);
+        let expected_senders =
+            crate::heartbeat::check(&file.heartbeat, &file.expected_senders, routing_key.as_ref(), &mut problems);
         if file.flap_damping.resolve_hold > MAX_RESOLVE_HOLD {
             problems.push("flap_damping.resolve_hold: must be at most 24h (0 turns it off)".to_owned());
         }
@@ -646,6 +656,7 @@ impl Config {
             http_allow,
             router,
             windows,
+            expected_senders,
         })
     }
 

@@ -15,7 +15,7 @@
 //! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
 //! [`http`] (the opt-in local Events API endpoint), [`cli`] (arguments), [`text`] (escaping
 //! producer text for logs and terminals), [`routing`] (`[[routes]]`: where each event goes), [`silence`] (silences and
-//! maintenance windows).
+//! maintenance windows), [`heartbeat`] (dead man's switch and expected senders).
 
 pub mod admin;
 pub mod cli;
@@ -23,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
+pub mod heartbeat;
 pub mod http;
 pub mod intake;
 pub mod live;

@@ -134,6 +134,20 @@ impl EventsClient {
     }
 }
 
+impl EventsClient {
+    /// GETs `url` (a heartbeat, with this client's proxy and timeouts) and returns the status,
+    /// or the transport error in one line. The body is not read past the first 64 KiB.
+    pub async fn ping(&self, url: &str) -> Result<u16, String> {
+        match self.http.get(url).send().await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => match transport(&e) {
+                Attempt::Transport { message, .. } => Err(message),
+                Attempt::Response { status, .. } => Ok(status),
+            },
+        }
+    }
+}
+
 fn transport(e: &reqwest::Error) -> Attempt {
     let mut message = e.to_string();
     let mut source = std::error::Error::source(e);

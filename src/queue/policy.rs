@@ -46,6 +46,8 @@ pub struct Policy {
     pub resolve_hold_ms: u64,
     /// Stored silences and `[[maintenance]]` windows.
     pub silences: crate::silence::Silences,
+    /// `[[expected_senders]]` and when each was last heard (shared with the heartbeat task).
+    pub watch: std::sync::Arc<crate::heartbeat::Watch>,
 }
 
 /// What the held-by-silence index (`q`) says of one held event.
@@ -111,6 +113,7 @@ pub fn admit(
     pd_open: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Admitted, sled::Error> {
     let mut admitted = Admitted::default();
+    policy.watch.heard(&record.event, &record.intake, now_ms);
     let action = record.event.action();
     let dedup = record.event.dedup_key().map(str::to_owned);
     let producer_key = record.event.routing_key().as_str().to_owned();

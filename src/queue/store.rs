@@ -1607,6 +1607,9 @@ fn prepare_insert(
             }
         };
         let admitted = super::policy::admit(&inner.tree, &policy, &mut record, now, batch, written, &pd_open)?;
+        if let Some(m) = inner.metrics.get() {
+            count_policy(m, &record, !admitted.cancelled.is_empty());
+        }
         for rk in admitted.cancelled {
             not_sent.0 += 1;
             not_sent.1 += 1;
@@ -1633,6 +1636,31 @@ fn prepare_insert(
         accepted.push(a);
     }
     Ok(accepted)
+}
+
+/// Counts what routes, silences and flap damping did to a newly accepted record.
+fn count_policy(m: &crate::metrics::Metrics, record: &Record, cancelled: bool) {
+    let kind = |text: &str| {
+        if text.starts_with("silence") {
+            "silence"
+        } else if text.starts_with("maintenance") {
+            "maintenance"
+        } else {
+            "flap_damping"
+        }
+    };
+    if let Some(route) = &record.route {
+        let dropped =
+            record.state == State::Superseded && record.last_error.as_deref().is_some_and(|e| e.starts_with("dropped"));
+        m.policy(if dropped { "dropped" } else { "routed" }, route);
+    }
+    if let Some(hold) = &record.hold {
+        m.policy("held", kind(hold));
+    }
+    if cancelled {
+        let why = record.last_error.as_deref().unwrap_or_default();
+        m.policy("cancelled", if why.contains("flap damping") { "flap_damping" } else { "silence" });
+    }
 }
 
 /// Gives a v2 trigger without `payload.timestamp` the acceptance time `now_ms` (RFC 3339, UTC,

@@ -315,3 +315,94 @@ fn a_silence_survives_a_restart_and_a_maintenance_window_holds_too() {
     assert_eq!(got, ["w", "w2"]);
     assert_eq!(by_dedup(&records(&env), "l", "trigger")["state"], "waiting", "the window still holds");
 }
+
+/// A dead man's switch on loopback: answers every request 200 and counts them.
+struct Switch {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Switch {
+    fn start() -> Switch {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if buf.starts_with(b"GET /ping/host1 ") {
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK");
+            }
+        });
+        Switch { addr, hits }
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn the_heartbeat_url_is_pinged_while_deliveries_succeed_and_not_while_pagerduty_is_away() {
+    let switch = Switch::start();
+    let env = TestEnv::with_config(&format!(
+        "[heartbeat]\nurl = \"http://{}/ping/host1\"\ninterval = \"1s\"\n[delivery]\noutage_after = 2\n",
+        switch.addr
+    ));
+    let _daemon = env.start();
+    let rk = routing_key(180);
+    send_lines(&env, &[trigger_from(&rk, "up", "web1")]);
+    env.fake.wait_accepted(1, WAIT);
+    wait_until("two heartbeats", WAIT, || switch.hits() >= 2);
+
+    env.fake.set_down(true);
+    send_lines(&env, &[trigger_from(&rk, "away", "web1")]);
+    wait_until("the outage is seen", WAIT, || !env.queue_json(&["status"])["outage_since"].is_null());
+    let at_outage = switch.hits();
+    // Probes go every 200 ms: 15 more requests to PagerDuty are at least two heartbeat intervals.
+    let requests = env.fake.requests();
+    wait_until("15 probes", WAIT, || env.fake.requests() >= requests + 15);
+    assert!(switch.hits() <= at_outage + 1, "pinged while PagerDuty was away: {} -> {}", at_outage, switch.hits());
+
+    env.fake.set_down(false);
+    env.fake.wait_accepted(2, WAIT);
+    let back = switch.hits();
+    wait_until("heartbeats resume", WAIT, || switch.hits() >= back + 2);
+}
+
+#[test]
+fn an_expected_sender_going_silent_triggers_and_its_return_resolves() {
+    let alerts = routing_key(181);
+    let env = TestEnv::with_config(&format!(
+        "[heartbeat]\ncheck_interval = \"200ms\"\n\
+         [[expected_senders]]\nname = \"db1\"\nmatch = {{ source = \"db1\" }}\nwithin = \"2s\"\nrouting_key = \"{alerts}\"\n"
+    ));
+    let _daemon = env.start();
+    let rk = routing_key(182);
+    send_lines(&env, &[trigger_from(&rk, "db1-load", "db1")]);
+    let is_silent_alert = |r: &crate::fake_api::Received, action: &str| {
+        r.body["routing_key"] == alerts.as_str()
+            && r.body["dedup_key"] == "pdrelay-silent/db1"
+            && r.body["event_action"] == action
+    };
+    wait_until("the silent-sender trigger", WAIT, || env.fake.accepted().iter().any(|r| is_silent_alert(r, "trigger")));
+    let trigger = env.fake.accepted().into_iter().find(|r| is_silent_alert(r, "trigger")).unwrap();
+    let summary = trigger.body["payload"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("db1 has not been heard from for"), "{summary}");
+    assert!(!env.fake.accepted().iter().any(|r| is_silent_alert(r, "resolve")));
+    send_lines(&env, &[resolve(&rk, "db1-load"), trigger_from(&rk, "db1-back", "db1")]);
+    wait_until("the resolve on its return", WAIT, || env.fake.accepted().iter().any(|r| is_silent_alert(r, "resolve")));
+}
