@@ -935,6 +935,7 @@ mod tests {
             ("delivery", vec!["outage_after", "probe_interval", "rate_limit", "rate_limits", "drop_stale_pairs"]),
             ("http", vec!["listen", "tls_cert", "tls_key", "allow", "max_connections", "request_timeout"]),
             ("flap_damping", vec!["resolve_hold"]),
+            ("heartbeat", vec!["url", "interval", "check_interval"]),
         ] {
             for key in keys {
                 assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");
