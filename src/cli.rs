@@ -86,7 +86,7 @@ pub enum SilenceCommand {
     #[command(group(clap::ArgGroup::new("until").args(["duration", "end"]).required(true)))]
     Add {
         /// FIELD=VALUE, as in `[[routes]]` match (exact, glob:..., re:...); repeat for more, all
-        /// must match. E.g. --match source=glob:db* --match intake=nagios.
+        /// must match. E.g. --match source=glob:db* --match producer=nagios.
         #[arg(long = "match", short = 'm', value_name = "FIELD=VALUE", required = true)]
         matchers: Vec<String>,
         /// How long from the start, e.g. 2h, 30m.
@@ -125,8 +125,7 @@ pub enum RouteCommand {
         /// (at most 1 MiB).
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
-        /// The intake the event is taken to come in through (nagios, zabbix, sensu, spool,
-        /// socket, http, send...).
+        /// The intake the event is taken to come in through (spool, socket, http, send).
         #[arg(long, default_value = "socket")]
         intake: String,
     },

@@ -22,8 +22,9 @@ pub struct RouteSection {
     /// A name shown by `route test`, in records and metrics; defaults to `route N` (1-based).
     pub name: String,
     /// Field -> value: all must match. Fields: routing_key, dedup_key, source, component, group,
-    /// class, severity, summary, intake (nagios, zabbix, sensu, spool, socket, http, send...),
-    /// and `custom_details.NAME` (v1: `details.NAME`). A value is matched exactly, or as a glob
+    /// class, severity, summary, intake (spool, socket, http, send), producer (nagios, zabbix,
+    /// sensu, alertmanager...: the event's `client` in lower case, else the intake), and
+    /// `custom_details.NAME` (v1: `details.NAME`). A value is matched exactly, or as a glob
     /// with the prefix `glob:` (`*` any text, `?` one character), or as a regular expression with
     /// `re:` (anchored at both ends). An empty table matches every event.
     #[serde(rename = "match")]
@@ -57,8 +58,11 @@ pub enum Field {
     Severity,
     /// `payload.summary` (v1: description).
     Summary,
-    /// How the event came in.
+    /// How the event came in: spool, socket, http, send, heartbeat.
     Intake,
+    /// Which producer made it: the event's `client` in lower case (`nagios`, `zabbix`, `sensu`
+    /// from pdrelay's own commands; `alertmanager`, `grafana` from theirs), else the intake.
+    Producer,
     /// A top-level key of `custom_details` (v1: `details`); strings as they are, other values as JSON.
     Detail(String),
 }
@@ -75,7 +79,8 @@ impl Field {
             "class" => Field::Class,
             "severity" => Field::Severity,
             "summary" | "description" => Field::Summary,
-            "intake" | "producer" => Field::Intake,
+            "intake" => Field::Intake,
+            "producer" => Field::Producer,
             other => {
                 let key = other.strip_prefix("custom_details.").or_else(|| other.strip_prefix("details."))?;
                 if key.is_empty() {
@@ -116,6 +121,14 @@ impl Field {
             Field::Severity => borrowed(severity),
             Field::Summary => borrowed(event.summary()),
             Field::Intake => Some(Cow::Borrowed(intake)),
+            Field::Producer => {
+                let client = match event {
+                    Event::Alert(a) => a.client.as_deref(),
+                    Event::V1(v) => v.client.as_deref(),
+                    Event::Change(_) => None,
+                };
+                Some(client.filter(|c| !c.is_empty()).map_or(Cow::Borrowed(intake), |c| Cow::Owned(c.to_lowercase())))
+            }
             Field::Detail(key) => match details?.get(key)? {
                 serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
                 other => Some(Cow::Owned(other.to_string())),
@@ -190,7 +203,7 @@ impl Matcher {
     /// Parses `name = value`; errors are `rule` text for a message naming the key.
     pub fn parse(name: &str, value: &str) -> Result<Matcher, String> {
         let field = Field::parse(name).ok_or_else(|| {
-            "is not a field to match (routing_key, dedup_key, source, component, group, class, severity, summary, intake, custom_details.NAME)".to_owned()
+            "is not a field to match (routing_key, dedup_key, source, component, group, class, severity, summary, intake, producer, custom_details.NAME)".to_owned()
         })?;
         Ok(Matcher { field, name: name.to_owned(), pattern: Pattern::parse(value)? })
     }

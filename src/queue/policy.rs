@@ -172,6 +172,14 @@ pub fn admit(
     let hk = index_key(b'h', &sent_key, d);
     match action {
         Some(EventAction::Resolve) => {
+            // One held resolve per key: a repeated resolve replaces the earlier one, so that a
+            // later trigger cancels the resolve that would otherwise still go.
+            if let Some(earlier) = take_held(tree, &hk, now_ms, written)? {
+                let reason =
+                    format!("repeated by the later resolve {} (flap damping holds the last one); not sent", record.id);
+                finish_held(earlier, reason, now_ms, batch, written);
+                admitted.cancelled.push(sent_key.clone());
+            }
             record.next_attempt_at_ms = Some(now_ms + policy.resolve_hold_ms);
             record.hold = Some(format!(
                 "flap damping: resolve held for {} ms; a trigger of the same key within it cancels both",
@@ -180,39 +188,20 @@ pub fn admit(
             tree.insert(hk, &record.seq.to_be_bytes())?;
         }
         Some(EventAction::Trigger) => {
-            let Some(seq) = tree.get(&hk)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)) else {
-                return Ok(admitted);
-            };
-            tree.remove(&hk)?;
-            let held = match written.remove(&seq) {
-                Some(r) => Some(r),
-                None => tree.get(record_key(seq))?.and_then(|b| Record::decode(&b).ok()),
-            };
-            let Some(mut held) = held else { return Ok(admitted) };
-            let holding = held.state == State::Pending
-                && held.hold.is_some()
-                && held.next_attempt_at_ms.is_some_and(|at| at > now_ms + RELEASE_MARGIN_MS);
-            if holding {
-                held.state = State::Superseded;
-                held.last_error = Some(format!(
+            if let Some(held) = take_held(tree, &hk, now_ms, written)? {
+                let reason = format!(
                     "cancelled by the trigger {} within the flap damping hold; not sent (the incident stays open)",
                     record.id
-                ));
-                held.next_attempt_at_ms = None;
-                held.hold = None;
-                held.last_attempt_at_ms = Some(now_ms);
-                batch.insert(&record_key(held.seq), held.encode());
+                );
+                let held_id = held.id.clone();
+                finish_held(held, reason, now_ms, batch, written);
                 admitted.cancelled.push(sent_key);
                 drop_record(
                     record,
                     now_ms,
-                    format!(
-                        "cancelled with the held resolve {} (flap damping); not sent: the incident is still open",
-                        held.id
-                    ),
+                    format!("cancelled with the held resolve {held_id} (flap damping); not sent: the incident is still open"),
                 );
             }
-            written.insert(held.seq, held);
         }
         _ => {}
     }
@@ -254,22 +243,19 @@ fn silence(
                     Some(r) => Some(r),
                     None => tree.get(record_key(seq))?.and_then(|b| Record::decode(&b).ok()),
                 };
-                let Some(mut held) = held else { continue };
+                let Some(held) = held else { continue };
                 if held.state == State::Pending
                     && held.hold.is_some()
                     && held.next_attempt_at_ms.is_some_and(|at| at > now_ms + RELEASE_MARGIN_MS)
                 {
-                    held.state = State::Superseded;
-                    held.last_error = Some(format!("resolved by {} during the {}; not sent", record.id, held_by.by));
-                    held.next_attempt_at_ms = None;
-                    held.hold = None;
-                    held.last_attempt_at_ms = Some(now_ms);
-                    batch.insert(&record_key(seq), held.encode());
+                    let reason = format!("resolved by {} during the {}; not sent", record.id, held_by.by);
+                    finish_held(held, reason, now_ms, batch, written);
                     admitted.cancelled.push(rk.clone());
                     cancelled_any = true;
                     cancelled_until = cancelled_until.max(Some((held_by.until_ms, held_by.by)));
+                } else {
+                    written.insert(seq, held);
                 }
-                written.insert(seq, held);
             }
             let hold = match (cancelled_until, holding) {
                 (Some(c), Some(h)) => Some(if h.1 > c.0 { h } else { (c.1, c.0) }),
@@ -315,6 +301,50 @@ fn hold_record(
         serde_json::to_vec(&entry).expect("silenced entries encode"),
     )?;
     Ok(())
+}
+
+/// Removes the flap damping entry `hk` and returns the resolve it names if that is still held
+/// (pending, and not about to go).
+fn take_held(
+    tree: &sled::Tree,
+    hk: &[u8],
+    now_ms: u64,
+    written: &mut HashMap<u64, Record>,
+) -> Result<Option<Record>, sled::Error> {
+    let Some(seq) = tree.remove(hk)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)) else {
+        return Ok(None);
+    };
+    let held = match written.remove(&seq) {
+        Some(r) => Some(r),
+        None => tree.get(record_key(seq))?.and_then(|b| Record::decode(&b).ok()),
+    };
+    let Some(held) = held else { return Ok(None) };
+    let holding = held.state == State::Pending
+        && held.hold.is_some()
+        && held.next_attempt_at_ms.is_some_and(|at| at > now_ms + RELEASE_MARGIN_MS);
+    if holding {
+        Ok(Some(held))
+    } else {
+        written.insert(seq, held);
+        Ok(None)
+    }
+}
+
+/// Makes a held (pending) record superseded with `reason`, in this commit.
+fn finish_held(
+    mut held: Record,
+    reason: String,
+    now_ms: u64,
+    batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
+) {
+    held.state = State::Superseded;
+    held.last_error = Some(reason);
+    held.next_attempt_at_ms = None;
+    held.hold = None;
+    held.last_attempt_at_ms = Some(now_ms);
+    batch.insert(&record_key(held.seq), held.encode());
+    written.insert(held.seq, held);
 }
 
 /// Marks a new record as not to be sent, with the reason.

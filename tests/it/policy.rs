@@ -114,7 +114,7 @@ fn route_test_shows_the_route_taken_and_the_event_as_it_would_be_sent() {
     let eu_key = routing_key(174);
     let env = TestEnv::with_config(&format!(
         "[[routes]]\nname = \"eu\"\nmatch = {{ \"custom_details.region\" = \"eu\" }}\nrouting_key = \"{eu_key}\"\n\
-         events_url = \"https://events.eu.pagerduty.com\"\n[[routes]]\nname = \"nagios-drop\"\nmatch = {{ intake = \"nagios\" }}\ndrop = true\n"
+         events_url = \"https://events.eu.pagerduty.com\"\n[[routes]]\nname = \"nagios-drop\"\nmatch = {{ producer = \"nagios\" }}\ndrop = true\n"
     ));
     let event = json!({"routing_key": routing_key(175), "event_action": "trigger", "dedup_key": "d",
         "payload": {"summary": "disk \u{1b}[31m full", "source": "h", "severity": "info", "custom_details": {"region": "eu"}}});
@@ -145,9 +145,10 @@ fn route_test_shows_the_route_taken_and_the_event_as_it_would_be_sent() {
             stdout.lines().nth(3).unwrap()
         ]
     );
-    let plain = json!({"routing_key": routing_key(175), "event_action": "resolve", "dedup_key": "d"});
+    let plain =
+        json!({"routing_key": routing_key(175), "event_action": "resolve", "dedup_key": "d", "client": "Nagios"});
     std::fs::write(&path, plain.to_string()).unwrap();
-    let out = env.command().args(["route", "test", "--intake", "nagios"]).arg(&path).output().unwrap();
+    let out = env.command().args(["route", "test"]).arg(&path).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "route: nagios-drop (routes[2])\naction: drop (kept as superseded, not sent)\n"
@@ -195,11 +196,13 @@ fn a_flapping_key_within_the_damping_time_opens_one_incident_that_resolves_once_
     let rk = routing_key(177);
     send_lines(&env, &[trigger_from(&rk, "svc", "web1")]);
     env.fake.wait_accepted(1, WAIT);
-    // CRITICAL/OK/CRITICAL/OK/CRITICAL/OK within the hold: the resolves are held, each new
-    // trigger cancels the held resolve and itself, the last resolve goes once it has settled.
+    // OK/OK/CRITICAL/OK/CRITICAL/OK within the hold: the resolves are held (a repeated one
+    // replaces the earlier), each new trigger cancels the held resolve and itself, the last
+    // resolve goes once it has settled.
     send_lines(
         &env,
         &[
+            resolve(&rk, "svc"),
             resolve(&rk, "svc"),
             trigger_from(&rk, "svc", "web1"),
             resolve(&rk, "svc"),
@@ -215,7 +218,7 @@ fn a_flapping_key_within_the_damping_time_opens_one_incident_that_resolves_once_
     });
     let list = records(&env);
     let cancelled: Vec<&Value> = list.iter().filter(|r| r["state"] == "superseded").collect();
-    assert_eq!(cancelled.len(), 4, "{list:?}");
+    assert_eq!(cancelled.len(), 5, "{list:?}");
     assert!(cancelled.iter().any(|r| r["last_error"].as_str().unwrap().contains("within the flap damping hold")));
     assert_eq!(env.fake.accepted().len(), 2);
 }
