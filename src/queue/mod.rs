@@ -2,7 +2,8 @@
 //! routing keys, in one sled database under `<state_dir>/queue`.
 //!
 //! Owns: the on-disk record format ([`record`]) and every write to the database, made by one
-//! committer thread in group commits ([`store`]). Does not own: when to send (see `delivery`).
+//! committer thread in group commits ([`store`]), including the paging policy applied as events
+//! are accepted ([`policy`]: routes, silences, flap damping). Does not own: when to send (see `delivery`).
 //!
 //! # Why an acknowledged event survives `kill -9` and a power cut
 //!

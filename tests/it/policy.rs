@@ -48,8 +48,13 @@ fn records(env: &TestEnv) -> Vec<Value> {
 fn a_route_by_source_sends_to_another_key_and_url_and_the_resolve_follows_after_the_rules_change() {
     let eu = FakeApi::start();
     let (producer, eu_key, other) = (routing_key(171), routing_key(172), routing_key(173));
+    let metrics = tempfile::Builder::new().prefix("pdrelay-it-metrics").tempdir_in("/tmp").unwrap();
+    let textfile = metrics.path().join("pdrelay.prom");
     let env = TestEnv::with_config(&format!(
-        r#"[[routes]]
+        r#"[metrics]
+textfile = "{textfile}"
+textfile_interval = "1s"
+[[routes]]
 name = "eu-web"
 match = {{ source = "glob:web*", intake = "socket" }}
 routing_key = "{eu_key}"
@@ -60,7 +65,8 @@ name = "quiet-lab"
 match = {{ source = "re:lab[0-9]+" }}
 drop = true
 "#,
-        eu_url = eu.url()
+        eu_url = eu.url(),
+        textfile = textfile.display()
     ));
     let daemon = env.start();
     send_lines(
@@ -85,6 +91,11 @@ drop = true
     assert_eq!(lab["state"], "superseded", "{lab}");
     assert!(lab["last_error"].as_str().unwrap().contains("dropped by route \"quiet-lab\""), "{lab}");
     assert_eq!(lab["route"], "quiet-lab");
+    wait_until("policy metrics", WAIT, || {
+        let text = std::fs::read_to_string(&textfile).unwrap_or_default();
+        text.contains("pdrelay_policy_events_total{action=\"routed\",name=\"eu-web\"} 1")
+            && text.contains("pdrelay_policy_events_total{action=\"dropped\",name=\"quiet-lab\"} 1")
+    });
     let (code, _, log) = daemon.terminate(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{log}");
 
@@ -361,9 +372,13 @@ impl Switch {
 #[test]
 fn the_heartbeat_url_is_pinged_while_deliveries_succeed_and_not_while_pagerduty_is_away() {
     let switch = Switch::start();
+    let metrics = tempfile::Builder::new().prefix("pdrelay-it-metrics").tempdir_in("/tmp").unwrap();
+    let textfile = metrics.path().join("pdrelay.prom");
     let env = TestEnv::with_config(&format!(
-        "[heartbeat]\nurl = \"http://{}/ping/host1\"\ninterval = \"1s\"\n[delivery]\noutage_after = 2\n",
-        switch.addr
+        "[heartbeat]\nurl = \"http://{}/ping/host1\"\ninterval = \"1s\"\n[delivery]\noutage_after = 2\n\
+         [metrics]\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n",
+        switch.addr,
+        textfile.display()
     ));
     let _daemon = env.start();
     let rk = routing_key(180);
@@ -379,6 +394,11 @@ fn the_heartbeat_url_is_pinged_while_deliveries_succeed_and_not_while_pagerduty_
     let requests = env.fake.requests();
     wait_until("15 probes", WAIT, || env.fake.requests() >= requests + 15);
     assert!(switch.hits() <= at_outage + 1, "pinged while PagerDuty was away: {} -> {}", at_outage, switch.hits());
+    wait_until("skipped pings counted", WAIT, || {
+        std::fs::read_to_string(&textfile)
+            .unwrap_or_default()
+            .contains("pdrelay_heartbeat_pings_total{outcome=\"skipped\"}")
+    });
 
     env.fake.set_down(false);
     env.fake.wait_accepted(2, WAIT);
