@@ -5,8 +5,9 @@
 //! keeps the two small indexes they need in the queue's tree:
 //!
 //! - `r` + producer's routing key + NUL + dedup key -> [`Follow`] (JSON): where the last trigger
-//!   of that alert went, so that its acknowledge and resolve go there too, whatever the rules say
-//!   now. Removed by the resolve.
+//!   of that alert went when a route moved it (another key or URL, or dropped), so that its
+//!   acknowledge and resolve go there too, whatever the rules say now (even with no routes left).
+//!   Removed by the resolve, or by a later trigger sent where the producer said.
 //! - `h` + sent routing key + NUL + dedup key -> sequence number (8 bytes, big-endian) of a
 //!   resolve held by flap damping.
 //!
@@ -118,7 +119,8 @@ pub fn admit(
     let dedup = record.event.dedup_key().map(str::to_owned);
     let producer_key = record.event.routing_key().as_str().to_owned();
     let follows = match (&dedup, action) {
-        (Some(d), Some(EventAction::Acknowledge | EventAction::Resolve)) if !policy.router.routes.is_empty() => {
+        // Consulted whatever the rules are now: removing every route must not strand an alert.
+        (Some(d), Some(EventAction::Acknowledge | EventAction::Resolve)) => {
             let k = index_key(b'r', &producer_key, d);
             let found = tree.get(&k)?.and_then(|v| serde_json::from_slice::<Follow>(&v).ok());
             if found.is_some() && action == Some(EventAction::Resolve) {
@@ -145,14 +147,21 @@ pub fn admit(
     } else {
         let routed = policy.router.apply(&mut record.event, &record.intake);
         if let (Some(d), Some(EventAction::Trigger)) = (&dedup, action) {
-            if !policy.router.routes.is_empty() {
+            let k = index_key(b'r', &producer_key, d);
+            let moved = routed.dropped
+                || routed.events_url.is_some()
+                || record.event.routing_key().as_str() != producer_key.as_str();
+            if moved {
                 let follow = Follow {
                     routing_key: record.event.routing_key().as_str().to_owned(),
                     events_url: routed.events_url.clone(),
                     route: routed.route.clone(),
                     dropped: routed.dropped,
                 };
-                tree.insert(index_key(b'r', &producer_key, d), serde_json::to_vec(&follow).expect("follows encode"))?;
+                tree.insert(k, serde_json::to_vec(&follow).expect("follows encode"))?;
+            } else if tree.contains_key(&k)? {
+                // Sent where the producer said: an entry from an earlier trigger no longer holds.
+                tree.remove(k)?;
             }
         }
         record.route = routed.route.clone();
@@ -354,4 +363,60 @@ fn drop_record(record: &mut Record, now_ms: u64, reason: String) {
     record.last_attempt_at_ms = Some(now_ms);
     record.next_attempt_at_ms = None;
     record.hold = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, IntakeDefaults};
+    use crate::routing::RouteSection;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn record(seq: u64, action: &str) -> Record {
+        let mut json = serde_json::json!({"routing_key": A, "event_action": action, "dedup_key": "d"});
+        if action == "trigger" {
+            json["payload"] = serde_json::json!({"summary": "s", "source": "web1", "severity": "error"});
+        }
+        Record::pending(
+            format!("id{seq}"),
+            seq,
+            1,
+            "socket",
+            Event::from_value(json, &IntakeDefaults::default()).unwrap(),
+        )
+    }
+
+    fn admit_one(tree: &sled::Tree, policy: &Policy, mut r: Record) -> Record {
+        let (mut batch, mut written) = (sled::Batch::default(), HashMap::new());
+        admit(tree, policy, &mut r, 1_000, &mut batch, &mut written, &|_, _| false).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_resolve_follows_its_trigger_even_when_every_route_is_gone_and_not_after_a_plain_trigger() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let mut problems = Vec::new();
+        let section = RouteSection {
+            matchers: [("source".to_owned(), "web1".to_owned())].into(),
+            routing_key: B.into(),
+            ..Default::default()
+        };
+        let routed = Policy { router: Router::check(&[section], &mut problems), ..Default::default() };
+        assert!(problems.is_empty());
+        let none = Policy::default();
+        assert_eq!(admit_one(&tree, &routed, record(1, "trigger")).event.routing_key().as_str(), B);
+        assert_eq!(admit_one(&tree, &none, record(2, "acknowledge")).event.routing_key().as_str(), B);
+        let resolve = admit_one(&tree, &none, record(3, "resolve"));
+        assert_eq!(
+            (resolve.event.routing_key().as_str(), resolve.route.as_deref()),
+            (B, Some("route 1 (follows its trigger)"))
+        );
+        // Resolved: the next alert of that key goes by the rules of the day.
+        assert_eq!(admit_one(&tree, &routed, record(4, "trigger")).event.routing_key().as_str(), B);
+        assert_eq!(admit_one(&tree, &none, record(5, "trigger")).event.routing_key().as_str(), A);
+        assert_eq!(admit_one(&tree, &routed, record(6, "resolve")).event.routing_key().as_str(), A);
+    }
 }
