@@ -112,6 +112,15 @@ pub enum AdminRequest {
         /// Only those finished at least this many seconds ago.
         older_than_s: Option<u64>,
     },
+    /// Store a silence (`pdrelay silence add`).
+    SilenceAdd(crate::silence::Silence),
+    /// Every stored silence (`pdrelay silence list`).
+    Silences,
+    /// End a silence now and send what it held (`pdrelay silence expire`).
+    SilenceExpire {
+        /// The silence's id.
+        id: String,
+    },
 }
 
 /// Counts for one routing key.
@@ -199,6 +208,12 @@ pub struct RecordSummary {
     pub last_status: Option<u16>,
     /// Last error.
     pub last_error: Option<String>,
+    /// The `[[routes]]` entry that took it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Why it is held until `next_attempt_at` (flap damping, a silence), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// What an admin request answers.
@@ -221,6 +236,15 @@ pub enum AdminAnswer {
         alerts: Vec<crate::queue::store::AlertState>,
         /// PagerDuty's side.
         views: Vec<crate::queue::view::PagerDutyView>,
+    },
+    /// For `silence add` (the one added) and `silence list`.
+    Silences(Vec<crate::silence::Silence>),
+    /// For `silence expire`: the silence as it is now, and how many held events were released.
+    SilenceExpired {
+        /// The silence.
+        silence: crate::silence::Silence,
+        /// Events released.
+        released: usize,
     },
 }
 
@@ -319,6 +343,8 @@ fn summarize(record: &Record, now: u64) -> RecordSummary {
         next_attempt_at: record.next_attempt_at_ms.map(rfc3339),
         last_status: record.last_status,
         last_error: record.last_error.clone(),
+        route: record.route.clone(),
+        hold: record.hold.clone(),
     }
 }
 
@@ -409,6 +435,16 @@ pub async fn execute(store: &Store, request: AdminRequest) -> Result<AdminAnswer
             let seqs = finished_before(store, want, cutoff);
             Ok(AdminAnswer::Changed(store.remove_finished(seqs).await?))
         }
+        AdminRequest::SilenceAdd(silence) => {
+            silence.check().map_err(AdminError::Invalid)?;
+            store.save_silence(&silence).await?;
+            Ok(AdminAnswer::Silences(vec![silence]))
+        }
+        AdminRequest::Silences => Ok(AdminAnswer::Silences(store.silences()?)),
+        AdminRequest::SilenceExpire { id } => match store.expire_silence(&id).await? {
+            Some((silence, released)) => Ok(AdminAnswer::SilenceExpired { silence, released }),
+            None => Err(AdminError::Invalid(format!("id: no silence {id:?}"))),
+        },
     }
 }
 
@@ -721,6 +757,32 @@ pub fn render(answer: &AdminAnswer) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     match answer {
+        AdminAnswer::Silences(silences) => {
+            let now = now_ms();
+            for s in silences {
+                let state = if s.active(now) {
+                    "active"
+                } else if s.starts_at_ms > now {
+                    "pending"
+                } else {
+                    "expired"
+                };
+                let matchers: Vec<String> = s.matchers.iter().map(|(k, v)| format!("{k}={}", Escaped(v))).collect();
+                let _ = writeln!(
+                    out,
+                    "{}  {state:<7}  {} .. {}  {}  by {}: {}",
+                    s.id,
+                    rfc3339(s.starts_at_ms),
+                    rfc3339(s.ends_at_ms),
+                    matchers.join(","),
+                    Escaped(&s.created_by),
+                    Escaped(&s.comment)
+                );
+            }
+        }
+        AdminAnswer::SilenceExpired { silence, released } => {
+            let _ = writeln!(out, "silence {} expired; {released} held events released", silence.id);
+        }
         AdminAnswer::Status(s) => {
             let t = &s.total;
             let _ = writeln!(

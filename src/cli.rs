@@ -71,6 +71,73 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Silences: matching alerts are held while one is active (stored in the queue's database).
+    Silence {
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        command: SilenceCommand,
+    },
+    /// Routing rules (`[[routes]]` in the config).
+    Route {
+        /// What to do.
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+/// `pdrelay silence ...`
+#[derive(Debug, Subcommand)]
+pub enum SilenceCommand {
+    /// Add a silence; prints it with its id.
+    #[command(group(clap::ArgGroup::new("until").args(["duration", "end"]).required(true)))]
+    Add {
+        /// FIELD=VALUE, as in `[[routes]]` match (exact, glob:..., re:...); repeat for more, all
+        /// must match. E.g. --match source=glob:db* --match producer=nagios.
+        #[arg(long = "match", short = 'm', value_name = "FIELD=VALUE", required = true)]
+        matchers: Vec<String>,
+        /// How long from the start, e.g. 2h, 30m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// End time, RFC 3339 (e.g. 2026-12-02T06:00:00Z).
+        #[arg(long)]
+        end: Option<String>,
+        /// Start time, RFC 3339; default now.
+        #[arg(long)]
+        start: Option<String>,
+        /// Why (shown by `silence list`).
+        #[arg(long, short = 'c', required = true)]
+        comment: String,
+        /// Who; default $SUDO_USER or $USER.
+        #[arg(long = "by")]
+        created_by: Option<String>,
+    },
+    /// List silences, active, pending and expired.
+    List,
+    /// End a silence now; alerts it held that are still open are sent.
+    Expire {
+        /// The silence's id.
+        id: String,
+    },
+}
+
+/// `pdrelay route ...`
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Show which route an event takes and the event as it would be sent (nothing is sent).
+    /// An acknowledge or resolve follows its trigger's route when the daemon knows the trigger;
+    /// this shows what the rules alone decide.
+    Test {
+        /// The event as JSON (any shape pdrelay accepts); `-` or none reads standard input
+        /// (at most 1 MiB).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The intake the event is taken to come in through (spool, socket, http, send).
+        #[arg(long, default_value = "socket")]
+        intake: String,
+    },
 }
 
 /// `pdrelay queue ...`

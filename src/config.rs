@@ -50,6 +50,16 @@ pub struct ConfigFile {
     pub delivery: DeliverySection,
     /// Passing PagerDuty acknowledgements back to Nagios or Icinga 2 (off unless set).
     pub ackback: AckBackSection,
+    /// Routing rules, tried in order (see [`crate::routing`]).
+    pub routes: Vec<crate::routing::RouteSection>,
+    /// Holding resolves so that a flapping check opens one incident.
+    pub flap_damping: FlapDampingSection,
+    /// Weekly maintenance windows (see [`crate::silence`]).
+    pub maintenance: Vec<crate::silence::MaintenanceSection>,
+    /// A dead man's switch to ping (see [`crate::heartbeat`]).
+    pub heartbeat: crate::heartbeat::HeartbeatSection,
+    /// Producers that must be heard from (a site relay).
+    pub expected_senders: Vec<crate::heartbeat::ExpectedSenderSection>,
 }
 
 /// A secret from the config file (an API key, a password): its `Debug` form never shows it.
@@ -107,6 +117,20 @@ impl AckBackSection {
         !self.nagios_command_file.as_os_str().is_empty() || !self.icinga2_url.is_empty()
     }
 }
+
+/// `[flap_damping]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlapDampingSection {
+    /// Each resolve (v2 resolve, v1 resolve) waits this long before it is sent; a trigger of the
+    /// same routing and dedup key within it cancels both (kept as superseded), so the incident
+    /// stays open. 0 (the default) = off; at most 24h.
+    #[serde(with = "humantime_serde")]
+    pub resolve_hold: Duration,
+}
+
+/// Longest `flap_damping.resolve_hold`.
+pub const MAX_RESOLVE_HOLD: Duration = Duration::from_secs(86_400);
 
 /// `[delivery]`
 #[derive(Debug, Clone, Deserialize)]
@@ -428,6 +452,11 @@ impl Default for ConfigFile {
             metrics: MetricsSection::default(),
             delivery: DeliverySection::default(),
             ackback: AckBackSection::default(),
+            routes: Vec::new(),
+            flap_damping: FlapDampingSection::default(),
+            maintenance: Vec::new(),
+            heartbeat: Default::default(),
+            expected_senders: Vec::new(),
         }
     }
 }
@@ -560,6 +589,12 @@ pub struct Config {
     pub http_listen: Option<std::net::SocketAddr>,
     /// `http.allow`, parsed.
     pub http_allow: Vec<crate::http::AllowEntry>,
+    /// `[[routes]]`, checked.
+    pub router: crate::routing::Router,
+    /// `[[maintenance]]`, checked.
+    pub windows: Vec<crate::silence::Window>,
+    /// `[[expected_senders]]`, checked.
+    pub expected_senders: Vec<crate::heartbeat::Expected>,
 }
 
 impl Config {
@@ -768,6 +803,13 @@ impl Config {
         check_delivery(&file.delivery, &mut problems);
         check_two_way(&file, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
+        let router = crate::routing::Router::check(&file.routes, &mut problems);
+        let windows = crate::silence::check_windows(&file.maintenance, &mut problems);
+        let expected_senders =
+            crate::heartbeat::check(&file.heartbeat, &file.expected_senders, routing_key.as_ref(), &mut problems);
+        if file.flap_damping.resolve_hold > MAX_RESOLVE_HOLD {
+            problems.push("flap_damping.resolve_hold: must be at most 24h (0 turns it off)".to_owned());
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
         }
@@ -784,6 +826,9 @@ impl Config {
             nagios,
             http_listen,
             http_allow,
+            router,
+            windows,
+            expected_senders,
         })
     }
 
@@ -1302,6 +1347,8 @@ mod tests {
                     "timeout",
                 ],
             ),
+            ("flap_damping", vec!["resolve_hold"]),
+            ("heartbeat", vec!["url", "interval", "check_interval"]),
         ] {
             for key in keys {
                 assert!(example[section].get(key).is_some(), "{section}.{key} missing from config.example.toml");

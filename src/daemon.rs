@@ -6,6 +6,7 @@
 //! `shutdown_timeout`), then the committer's last flush.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tracing::{error, info};
 
@@ -97,6 +98,14 @@ async fn serve(
     let (trigger, shutdown) = Shutdown::new();
     let metrics = crate::metrics::Metrics::new();
     store.set_metrics(metrics.clone());
+    let watch = Arc::new(crate::heartbeat::Watch::new(config.expected_senders.clone(), crate::queue::store::now_ms()));
+    // Before any intake starts: every accepted event is routed.
+    store.set_policy(crate::queue::policy::Policy {
+        router: config.router.clone(),
+        resolve_hold_ms: file.flap_damping.resolve_hold.as_millis() as u64,
+        silences: crate::silence::Silences { stored: Vec::new(), windows: config.windows.clone() },
+        watch: watch.clone(),
+    })?;
     let mut metric_tasks = Vec::new();
     if !file.metrics.listen.is_empty() {
         let addr = file.metrics.listen.clone();
@@ -148,13 +157,32 @@ async fn serve(
         tokio::spawn(admin::serve(admin_listener, file.ingest.admin_socket.clone(), store.clone(), shutdown.clone()));
     let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
     let reconcile_task = start_reconciliation(config, &store, &shutdown);
+    let failing: Arc<std::sync::atomic::AtomicBool> = Default::default();
+    let heartbeat_task = tokio::spawn(crate::delivery::heartbeat::run(
+        store.clone(),
+        crate::delivery::heartbeat::HeartbeatSettings {
+            url: Some(file.heartbeat.url.clone()).filter(|u| !u.is_empty()),
+            interval: file.heartbeat.interval,
+            check_interval: file.heartbeat.check_interval,
+            client: EventsClient::with_network(
+                &config.events_url,
+                file.pagerduty.connect_timeout,
+                file.pagerduty.request_timeout,
+                &config.network(),
+            )?,
+            failing: failing.clone(),
+            watch: watch.clone(),
+            metrics: Some(metrics.clone()),
+        },
+        shutdown.clone(),
+    ));
     let settings = DeliverySettings {
         client,
         live: live.clone(),
         concurrency: file.pagerduty.concurrency,
         window: file.queue.dispatch_window,
         shutdown_timeout: file.shutdown_timeout,
-        failing: Default::default(),
+        failing: failing.clone(),
         heartbeat_probe: Default::default(),
         heartbeat_ms: Default::default(),
         metrics: Some(metrics.clone()),
@@ -191,6 +219,7 @@ async fn serve(
     if let Some(task) = reconcile_task {
         let _ = task.await;
     }
+    let _ = heartbeat_task.await;
     for task in metric_tasks {
         let _ = task.await;
     }

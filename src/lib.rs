@@ -16,7 +16,9 @@
 //! [`http`] (the opt-in local Events API endpoint), [`reconcile`] and [`ackback`] (the opt-in
 //! other direction: PagerDuty's side of each alert from its REST API, acknowledgements passed
 //! back to Nagios and Icinga), [`cli`] (arguments), [`text`] (escaping
-//! producer text for logs and terminals).
+//! producer text for logs and terminals), [`routing`] (`[[routes]]`: where
+//! each event goes), [`silence`] (silences and maintenance windows), [`heartbeat`] (dead man's
+//! switch and expected senders).
 
 pub mod ackback;
 pub mod admin;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
+pub mod heartbeat;
 pub mod http;
 pub mod intake;
 pub mod live;
@@ -33,5 +36,7 @@ pub mod metrics;
 pub mod pagerduty;
 pub mod queue;
 pub mod reconcile;
+pub mod routing;
 pub mod send;
+pub mod silence;
 pub mod text;

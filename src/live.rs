@@ -1,7 +1,7 @@
 //! Settings that SIGHUP changes while the daemon runs: the intake defaults (default routing key,
 //! source, severity), the Nagios mapping tables and the retry bounds (and, in `main`, the log
 //! level). Everything else (paths, sockets, listeners, the Events API URL, concurrency, queue
-//! bounds) needs a restart; a reload that changes those says so in the log and keeps the old
+//! bounds, routes, maintenance windows, flap damping, heartbeats) needs a restart; a reload that changes those says so in the log and keeps the old
 //! values.
 
 use std::sync::{Arc, RwLock};
@@ -72,6 +72,15 @@ pub fn restart_needed(old: &ConfigFile, new: &ConfigFile) -> Vec<&'static str> {
     }
     if differs(&old.retention, &new.retention) {
         keys.push("[retention]");
+    }
+    if differs(&old.routes, &new.routes)
+        || differs(&old.flap_damping, &new.flap_damping)
+        || differs(&old.maintenance, &new.maintenance)
+    {
+        keys.push("[[routes]], [flap_damping], [[maintenance]]");
+    }
+    if differs(&old.heartbeat, &new.heartbeat) || differs(&old.expected_senders, &new.expected_senders) {
+        keys.push("[heartbeat], [[expected_senders]]");
     }
     let (a, b) = (&old.pagerduty, &new.pagerduty);
     if a.events_url != b.events_url

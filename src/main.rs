@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pdrelay::admin::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
-use pdrelay::cli::{Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, SendArgs, SensuArgs, ZabbixArgs};
+use pdrelay::cli::{
+    Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, RouteCommand, SendArgs, SensuArgs, SilenceCommand,
+    ZabbixArgs,
+};
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::event::{Event, MAX_REQUEST_BYTES};
 use pdrelay::intake::{nagios, pdagent, sensu, zabbix};
@@ -69,6 +72,100 @@ fn main() -> ExitCode {
         Command::ImportPdagent(args) => run_import(&config, &args),
         Command::Alerts { json, refresh, resend_resolves } => run_alerts(&config, json, refresh, resend_resolves),
         Command::Queue { json, command } => run_queue(&config, command, json, pdagent_output),
+        Command::Route { command: RouteCommand::Test { file, intake } } => run_route_test(&config, file, &intake),
+        Command::Silence { json, command } => run_silence(&config, command, json),
+    }
+}
+
+/// `pdrelay silence add|list|expire`: through the daemon's admin socket, or on the queue
+/// directly when the daemon is stopped. Exit 2 for a bad silence.
+fn run_silence(config: &Config, command: SilenceCommand, json: bool) -> ExitCode {
+    let request = match command {
+        SilenceCommand::List => AdminRequest::Silences,
+        SilenceCommand::Expire { id } => AdminRequest::SilenceExpire { id },
+        SilenceCommand::Add { matchers, duration, end, start, comment, created_by } => {
+            match new_silence(matchers, duration, end, start, comment, created_by) {
+                Ok(s) => AdminRequest::SilenceAdd(s),
+                Err(e) => {
+                    eprintln!("pdrelay silence add: {}", pdrelay::text::Escaped(&e));
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    run_admin(config, request, json, "pdrelay silence", false)
+}
+
+fn new_silence(
+    matchers: Vec<String>,
+    duration: Option<std::time::Duration>,
+    end: Option<String>,
+    start: Option<String>,
+    comment: String,
+    created_by: Option<String>,
+) -> Result<pdrelay::silence::Silence, String> {
+    let now = pdrelay::queue::store::now_ms();
+    let parse = |field: &str, text: &str| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+            .map_err(|_| format!("--{field}: must be an RFC 3339 time such as 2026-12-02T06:00:00Z (got {text:?})"))
+    };
+    let starts_at_ms = match &start {
+        Some(t) => parse("start", t)?,
+        None => now,
+    };
+    let ends_at_ms = match (&end, duration) {
+        (Some(t), _) => parse("end", t)?,
+        (None, Some(d)) => starts_at_ms.saturating_add(d.as_millis() as u64),
+        (None, None) => return Err("--duration or --end: one is needed".into()),
+    };
+    let created_by = created_by
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let silence = pdrelay::silence::Silence {
+        id: uuid::Uuid::new_v4().to_string(),
+        matchers: pdrelay::silence::parse_matcher_args(&matchers)?,
+        starts_at_ms,
+        ends_at_ms,
+        comment,
+        created_by,
+        created_at_ms: now,
+    };
+    silence.check()?;
+    if ends_at_ms <= now {
+        return Err("--end: must be in the future".into());
+    }
+    Ok(silence)
+}
+
+/// `pdrelay route test`: exit 0 with the route and the event, 1 when the event is not valid or
+/// cannot be read.
+fn run_route_test(config: &Config, file: Option<PathBuf>, intake: &str) -> ExitCode {
+    use std::io::Read;
+    const MAX_INPUT: u64 = 1 << 20;
+    let mut text = Vec::new();
+    let read = match file.as_deref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => std::fs::File::open(path).and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut text)),
+        None => std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut text),
+    };
+    if let Err(e) = read {
+        eprintln!("pdrelay: route test: cannot read the event: {e}");
+        return ExitCode::from(1);
+    }
+    if text.len() as u64 > MAX_INPUT {
+        eprintln!("pdrelay: route test: the event must be at most 1 MiB");
+        return ExitCode::from(1);
+    }
+    match Event::from_json(&text, &config.defaults) {
+        Ok(event) => {
+            print!("{}", pdrelay::routing::explain(&config.router, event, intake, &config.events_url));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pdrelay: route test: {}", pdrelay::text::Escaped(&e.to_string()));
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -60,6 +60,22 @@ pub struct IntakeLabels {
     pub source: String,
 }
 
+/// Labels of `pdrelay_policy_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// routed, dropped, held, cancelled.
+    pub action: String,
+    /// The route's name, or what held or cancelled it: silence, maintenance, flap_damping.
+    pub name: String,
+}
+
+/// Labels of `pdrelay_heartbeat_pings_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// ok, error, skipped (delivery did not work).
+    pub outcome: String,
+}
+
 /// The daemon's metrics. Shared (`Arc`) by the committer, the delivery tasks and the exporter.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +94,10 @@ pub struct Metrics {
     outage: Gauge,
     throttled: Gauge,
     backlog: Family<KeyLabels, Gauge>,
+    /// Events routes, silences and flap damping acted on.
+    pub policy: Family<PolicyLabels, Counter>,
+    heartbeats: Family<OutcomeLabels, Counter>,
+    silent_senders: Gauge,
 }
 
 impl Metrics {
@@ -114,7 +134,28 @@ impl Metrics {
             "Time to drain a throttled routing key's backlog at its rate limit",
             backlog.clone(),
         );
+        let policy = Family::<PolicyLabels, Counter>::default();
+        let heartbeats = Family::<OutcomeLabels, Counter>::default();
+        let silent_senders = Gauge::default();
+        registry.register(
+            "policy_events",
+            "Events a route, a silence or flap damping acted on, by action and name",
+            policy.clone(),
+        );
+        registry.register(
+            "heartbeat_pings",
+            "Heartbeat pings, by outcome (skipped: delivery did not work)",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "expected_senders_silent",
+            "Expected senders not heard from within their interval",
+            silent_senders.clone(),
+        );
         Arc::new(Metrics {
+            policy,
+            heartbeats,
+            silent_senders,
             registry,
             intake,
             deliveries,
@@ -128,6 +169,21 @@ impl Metrics {
             throttled,
             backlog,
         })
+    }
+
+    /// Counts one heartbeat: ok, error or skipped.
+    pub fn heartbeat(&self, outcome: &str) {
+        self.heartbeats.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// Sets how many expected senders are silent now.
+    pub fn silent_senders(&self, n: usize) {
+        self.silent_senders.set(n as i64);
+    }
+
+    /// Counts one event a policy acted on.
+    pub fn policy(&self, action: &str, name: &str) {
+        self.policy.get_or_create(&PolicyLabels { action: action.to_owned(), name: name.to_owned() }).inc();
     }
 
     /// Counts one attempt.

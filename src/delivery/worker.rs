@@ -752,6 +752,14 @@ impl Dispatcher {
         let Some(record) = self.head_record(key, seq)? else {
             return Ok(());
         };
+        if let Some(at) = record.next_attempt_at_ms.filter(|&at| at > now && record.hold.is_some()) {
+            // Held on purpose (flap damping, a silence): never sent early, not even as a probe.
+            self.timers.push(Reverse((at, key)));
+            if let Some(o) = self.outage.as_mut() {
+                o.next_probe_ms = now + probe_delay(self.settings.probe_interval).as_millis() as u64;
+            }
+            return Ok(());
+        }
         let rk = self.lines.get(&key).map(|l| l.routing_key.clone()).expect("a probed line exists");
         debug!(routing_key = %redact_routing_key(&rk), seq, "probing PagerDuty with one event");
         if let Some(o) = self.outage.as_mut() {
@@ -1022,7 +1030,7 @@ async fn supersede(store: &Store, head: &Record, later: &[u64]) -> Option<Done> 
 async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> Done {
     let kind = record.event.kind();
     let started = std::time::Instant::now();
-    let sent = settings.client.send(kind, record.event.request_body()).await;
+    let sent = settings.client.send_to(record.events_url.as_deref(), kind, record.event.request_body()).await;
     let took = started.elapsed();
     let decision = classify(kind, &sent);
     let status = match &sent {

@@ -105,7 +105,13 @@ impl EventsClient {
 
     /// POSTs `body` (JSON) to the endpoint of `kind` and reads the whole answer.
     pub async fn send(&self, kind: EventKind, body: Vec<u8>) -> Attempt {
-        let url = format!("{}{}", self.base, kind.endpoint_path());
+        self.send_to(None, kind, body).await
+    }
+
+    /// As [`EventsClient::send`], to the base URL `events_url` (no trailing slash) instead of
+    /// the client's own when one is given (a route's `events_url`); same proxy and timeouts.
+    pub async fn send_to(&self, events_url: Option<&str>, kind: EventKind, body: Vec<u8>) -> Attempt {
+        let url = format!("{}{}", events_url.unwrap_or(&self.base), kind.endpoint_path());
         let response =
             match self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await
             {
@@ -125,6 +131,20 @@ impl EventsClient {
         let body = serde_json::from_slice::<ApiResponse>(&bytes).unwrap_or_default();
         let cut = &bytes[..bytes.len().min(MAX_RESPONSE_BYTES)];
         Attempt::Response { status, retry_after, body, text: String::from_utf8_lossy(cut).into_owned() }
+    }
+}
+
+impl EventsClient {
+    /// GETs `url` (a heartbeat, with this client's proxy and timeouts) and returns the status,
+    /// or the transport error in one line. The body is not read past the first 64 KiB.
+    pub async fn ping(&self, url: &str) -> Result<u16, String> {
+        match self.http.get(url).send().await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => match transport(&e) {
+                Attempt::Transport { message, .. } => Err(message),
+                Attempt::Response { status, .. } => Ok(status),
+            },
+        }
     }
 }
 

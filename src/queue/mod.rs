@@ -2,7 +2,8 @@
 //! routing keys, in one sled database under `<state_dir>/queue`.
 //!
 //! Owns: the on-disk record format ([`record`]) and every write to the database, made by one
-//! committer thread in group commits ([`store`]). Does not own: when to send (see `delivery`).
+//! committer thread in group commits ([`store`]), including the paging policy applied as events
+//! are accepted ([`policy`]: routes, silences, flap damping). Does not own: when to send (see `delivery`).
 //!
 //! # Why an acknowledged event survives `kill -9` and a power cut
 //!
@@ -31,6 +32,7 @@
 //! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
 //! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
 
+pub mod policy;
 pub mod record;
 pub mod store;
 pub mod view;

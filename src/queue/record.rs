@@ -5,6 +5,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 
+/// The key of the record with sequence number `seq` in the queue's tree: `e` and the number
+/// (8 bytes, big-endian), so that records sort in acceptance order.
+pub fn record_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// Where an event is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +73,16 @@ pub struct Record {
     /// PagerDuty's `errors[]` from a refusal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The `[[routes]]` entry that matched at acceptance, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Events API base URL for this event when not `pagerduty.events_url` (set by a route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
+    /// Why the event is held until `next_attempt_at_ms` (flap damping, a silence); cleared by
+    /// the first attempt. A held event is never sent early as an outage probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// The stored form: a version tag around the record.
@@ -91,6 +110,9 @@ impl Record {
             last_status: None,
             last_error: None,
             errors: Vec::new(),
+            route: None,
+            events_url: None,
+            hold: None,
         }
     }
 
@@ -139,6 +161,9 @@ mod tests {
             last_status: Some(503),
             last_error: Some("503".into()),
             errors: vec![],
+            route: Some("eu".into()),
+            events_url: Some("https://events.eu.pagerduty.com".into()),
+            hold: None,
         };
         let bytes = record.encode();
         let text = String::from_utf8(bytes.clone()).unwrap();

@@ -447,6 +447,8 @@ enum Op {
     PutViews(Vec<(PagerDutyView, bool)>),
     /// Nothing: answers once the committer gets to it (a liveness probe for the watchdog).
     Ping,
+    /// Keys set (`Some`) or removed (`None`) as they are: stored silences.
+    Put(Vec<(Vec<u8>, Option<Vec<u8>>)>),
 }
 
 /// A submitted insert; [`InsertTicket::wait`] completes once it is durable (or failed).
@@ -527,6 +529,8 @@ struct Inner {
     rate_limits: Mutex<crate::config::RateLimits>,
     /// Since when (ms since the epoch) the dispatcher holds PagerDuty for unreachable; 0: not.
     outage_since: AtomicU64,
+    /// Routes and flap damping, applied at acceptance (set by the daemon).
+    policy: Mutex<Arc<super::policy::Policy>>,
 }
 
 /// A sequence number below which no record is pending, so that scans for pending events skip
@@ -611,6 +615,13 @@ fn pause_key(routing_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + routing_key.len());
     k.push(b'k');
     k.extend_from_slice(routing_key.as_bytes());
+    k
+}
+
+fn silence_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(b's');
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -711,6 +722,7 @@ impl Store {
             pending_by_key: Mutex::new(HashMap::new()),
             send_now: std::sync::atomic::AtomicBool::new(false),
             outage_since: AtomicU64::new(0),
+            policy: Mutex::new(Arc::default()),
             rate_limits: Mutex::new(crate::config::RateLimits {
                 default_per_min: crate::config::DEFAULT_RATE_LIMIT,
                 ..Default::default()
@@ -990,6 +1002,64 @@ impl Store {
     /// Superseded records kept now.
     pub fn superseded_count(&self) -> u64 {
         self.inner.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Sets the routes, flap damping and maintenance windows that acceptance applies from now
+    /// on, with the silences stored in the database.
+    pub fn set_policy(&self, mut policy: super::policy::Policy) -> Result<(), StoreError> {
+        policy.silences.set_stored(self.silences()?, now_ms());
+        *self.inner.policy.lock().expect("policy lock") = Arc::new(policy);
+        Ok(())
+    }
+
+    fn refresh_silences(&self) -> Result<(), StoreError> {
+        let stored = self.silences()?;
+        let mut guard = self.inner.policy.lock().expect("policy lock");
+        let mut policy = (**guard).clone();
+        policy.silences.set_stored(stored, now_ms());
+        *guard = Arc::new(policy);
+        Ok(())
+    }
+
+    /// Every stored silence, expired ones included, in id order.
+    pub fn silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b's']) {
+            let (_, v) = item?;
+            if let Ok(s) = serde_json::from_slice(&v) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a silence durably (answers once it is on disk); acceptance applies it from then.
+    pub async fn save_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(silence).expect("silences encode");
+        self.request(Op::Put(vec![(silence_key(&silence.id), Some(value))])).await?;
+        self.refresh_silences()
+    }
+
+    /// Ends the silence `id` now and sends the events it held (as `queue retry --waiting` does);
+    /// `None` when there is no such silence. Returns it and how many events it released.
+    pub async fn expire_silence(&self, id: &str) -> Result<Option<(crate::silence::Silence, usize)>, StoreError> {
+        let Some(mut silence) = self
+            .inner
+            .tree
+            .get(silence_key(id))?
+            .and_then(|v| serde_json::from_slice::<crate::silence::Silence>(&v).ok())
+        else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if silence.ends_at_ms > now {
+            silence.ends_at_ms = now;
+            silence.starts_at_ms = silence.starts_at_ms.min(now);
+            self.save_silence(&silence).await?;
+        }
+        let held = super::policy::held_by(&self.inner.tree, &format!("silence {id}"))?;
+        let released = if held.is_empty() { 0 } else { self.send_now(held).await? };
+        Ok(Some((silence, released)))
     }
 
     /// Sets the proactive rate limits that status and metrics report against.
@@ -1331,18 +1401,22 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                         Ok(n) if *n >= events.len() as u64 => {
                             inserted_any = true;
                             let mut stored = 0u64;
+                            let mut not_sent = (0i64, 0i64);
                             let result = prepare_insert(
                                 inner,
                                 events,
                                 &mut batch,
+                                &mut written,
                                 &mut new_ids,
                                 &alerts,
                                 &mut stored,
+                                &mut not_sent,
                                 &mut by_source,
                                 &mut key_deltas,
                             );
                             *n = n.saturating_sub(stored);
-                            pending_delta += stored as i64;
+                            pending_delta += stored as i64 - not_sent.0;
+                            superseded_delta += not_sent.1;
                             stored_since_trim += stored;
                             result.map(Reply::Inserted)
                         }
@@ -1429,6 +1503,15 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                 Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
                 Op::PutViews(views) => put_views(inner, views, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
+                Op::Put(writes) => {
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        }
+                    }
+                    Ok(Reply::Done)
+                }
             };
             replies.push((req.reply, result));
         }
@@ -1517,15 +1600,18 @@ fn prepare_insert(
     inner: &Inner,
     events: Vec<NewEvent>,
     batch: &mut sled::Batch,
+    written: &mut HashMap<u64, Record>,
     new_ids: &mut HashMap<String, Accepted>,
     alerts: &HashMap<Vec<u8>, AlertState>,
     stored: &mut u64,
+    not_sent: &mut (i64, i64),
     by_source: &mut HashMap<&'static str, u64>,
     key_deltas: &mut HashMap<String, i64>,
 ) -> Result<Vec<Accepted>, StoreError> {
     let now = now_ms();
     let window = inner.repeat_window_ms.load(Ordering::Relaxed);
     let mut accepted = Vec::with_capacity(events.len());
+    let policy = inner.policy.lock().expect("policy lock").clone();
     for mut new in events {
         if window > 0 {
             if let Some(open) = repeated_trigger(inner, &new.event, now, window, alerts)? {
@@ -1562,10 +1648,41 @@ fn prepare_insert(
         let id = new.id.unwrap_or_else(|| generated_id(seq, now));
         let mut event = new.event;
         stamp_trigger(&mut event, now);
-        let record = Record::pending(id.clone(), seq, now, new.intake, event);
+        let mut record = Record::pending(id.clone(), seq, now, new.intake, event);
+        // `not_sent`: (earlier pending records made superseded, records made superseded).
+        let pd_open = |rk: &str, dedup: &str| {
+            let k = alert_key(rk, dedup);
+            match alerts.get(&k) {
+                Some(s) => s.is_open(),
+                None => inner
+                    .tree
+                    .get(&k)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<AlertState>(&v).ok())
+                    .is_some_and(|s| s.is_open()),
+            }
+        };
+        let admitted = super::policy::admit(&inner.tree, &policy, &mut record, now, batch, written, &pd_open)?;
+        if let Some(m) = inner.metrics.get() {
+            count_policy(m, &record, !admitted.cancelled.is_empty());
+        }
+        for rk in admitted.cancelled {
+            not_sent.0 += 1;
+            not_sent.1 += 1;
+            *key_deltas.entry(rk).or_insert(0) -= 1;
+        }
         batch.insert(&key(b'e', seq), record.encode());
-        *stored += 1;
-        *key_deltas.entry(record.event.routing_key().as_str().to_owned()).or_insert(0) += 1;
+        if record.hold.is_some() {
+            // A held resolve a trigger later in this commit may cancel: findable before the commit.
+            written.insert(seq, record.clone());
+        }
+        if record.state == State::Pending {
+            *stored += 1;
+            *key_deltas.entry(record.event.routing_key().as_str().to_owned()).or_insert(0) += 1;
+        } else {
+            not_sent.1 += 1;
+        }
         *by_source.entry(new.intake).or_insert(0) += 1;
         let a = Accepted { id, seq, dedup_key: record.event.dedup_key().map(str::to_owned) };
         if chosen {
@@ -1576,6 +1693,31 @@ fn prepare_insert(
         accepted.push(a);
     }
     Ok(accepted)
+}
+
+/// Counts what routes, silences and flap damping did to a newly accepted record.
+fn count_policy(m: &crate::metrics::Metrics, record: &Record, cancelled: bool) {
+    let kind = |text: &str| {
+        if text.starts_with("silence") {
+            "silence"
+        } else if text.starts_with("maintenance") {
+            "maintenance"
+        } else {
+            "flap_damping"
+        }
+    };
+    if let Some(route) = &record.route {
+        let dropped =
+            record.state == State::Superseded && record.last_error.as_deref().is_some_and(|e| e.starts_with("dropped"));
+        m.policy(if dropped { "dropped" } else { "routed" }, route);
+    }
+    if let Some(hold) = &record.hold {
+        m.policy("held", kind(hold));
+    }
+    if cancelled {
+        let why = record.last_error.as_deref().unwrap_or_default();
+        m.policy("cancelled", if why.contains("flap damping") { "flap_damping" } else { "silence" });
+    }
 }
 
 /// Gives a v2 trigger without `payload.timestamp` the acceptance time `now_ms` (RFC 3339, UTC,
@@ -1686,6 +1828,7 @@ fn prepare_outcome(
         return Ok(true);
     }
     record.attempts += 1;
+    record.hold = None;
     record.last_attempt_at_ms = Some(now);
     let meta = |name: &[u8], text: String| (meta_key(name), serde_json::to_vec(&(now, text)).expect("meta encodes"));
     match &outcome {

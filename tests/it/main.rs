@@ -12,6 +12,7 @@ mod migration;
 mod nagios;
 mod ops;
 mod permissions;
+mod policy;
 mod regressions;
 mod reliability;
 mod socket_admin;
