@@ -148,16 +148,8 @@ pub fn check(
             problems.push(format!("{at}.match: needs at least one matcher, e.g. {{ source = \"db1\" }}"));
             ok = false;
         }
-        let mut matchers = Vec::new();
-        for (k, v) in &s.matchers {
-            match Matcher::parse(k, v) {
-                Ok(m) => matchers.push(m),
-                Err(rule) => {
-                    problems.push(format!("{at}.match.{k}: {rule}"));
-                    ok = false;
-                }
-            }
-        }
+        let (matchers, all_good) = crate::routing::parse_matchers(&at, &s.matchers, problems);
+        ok &= all_good;
         if s.within < Duration::from_secs(1) || s.within > Duration::from_secs(30 * 86_400) {
             problems.push(format!("{at}.within: must be between 1s and 30d"));
             ok = false;

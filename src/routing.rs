@@ -199,6 +199,28 @@ pub struct Matcher {
     pub pattern: Pattern,
 }
 
+/// Parses a `match` table (field name -> value or pattern) of the config entry at `at` (e.g.
+/// `routes[2]`) into matchers. Each bad entry adds one line `<at>.match.<field>: <rule>` to
+/// `problems`. Returns the good matchers, and whether every entry was good.
+pub fn parse_matchers(
+    at: &str,
+    table: &std::collections::BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> (Vec<Matcher>, bool) {
+    let mut matchers = Vec::new();
+    let mut all_good = true;
+    for (field, value) in table {
+        match Matcher::parse(field, value) {
+            Ok(m) => matchers.push(m),
+            Err(rule) => {
+                problems.push(format!("{at}.match.{field}: {rule}"));
+                all_good = false;
+            }
+        }
+    }
+    (matchers, all_good)
+}
+
 impl Matcher {
     /// Parses `name = value`; errors are `rule` text for a message naming the key.
     pub fn parse(name: &str, value: &str) -> Result<Matcher, String> {
@@ -269,17 +291,8 @@ impl Router {
             if routes.iter().any(|r| r.name == name) {
                 problems.push(format!("{at}.name: must be unique ({name:?} is used by an earlier route)"));
             }
-            let mut matchers = Vec::new();
-            let mut broken = false;
-            for (field, value) in &s.matchers {
-                match Matcher::parse(field, value) {
-                    Ok(m) => matchers.push(m),
-                    Err(rule) => {
-                        problems.push(format!("{at}.match.{field}: {rule}"));
-                        broken = true;
-                    }
-                }
-            }
+            let (matchers, all_good) = parse_matchers(&at, &s.matchers, problems);
+            let broken = !all_good;
             let routing_key = match s.routing_key.as_str() {
                 "" => None,
                 key => {

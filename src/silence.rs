@@ -120,20 +120,12 @@ pub fn check_windows(sections: &[MaintenanceSection], problems: &mut Vec<String>
     for (i, s) in sections.iter().enumerate() {
         let at = format!("maintenance[{}]", i + 1);
         let mut ok = true;
-        let mut matchers = Vec::new();
         if s.matchers.is_empty() {
             problems.push(format!("{at}.match: needs at least one matcher (a window for every event pages nobody)"));
             ok = false;
         }
-        for (k, v) in &s.matchers {
-            match Matcher::parse(k, v) {
-                Ok(m) => matchers.push(m),
-                Err(rule) => {
-                    problems.push(format!("{at}.match.{k}: {rule}"));
-                    ok = false;
-                }
-            }
-        }
+        let (matchers, all_good) = crate::routing::parse_matchers(&at, &s.matchers, problems);
+        ok &= all_good;
         let mut days = 0u8;
         for d in &s.days {
             match DAYS.iter().position(|x| x.eq_ignore_ascii_case(d)) {
