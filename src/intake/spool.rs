@@ -190,7 +190,14 @@ pub async fn run(settings: SpoolSettings, store: Store, mut shutdown: Shutdown) 
     // A capacity of one: a wake-up that finds one waiting is not needed.
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let for_watcher = wake_tx.clone();
-    let dirs = settings.dirs.clone();
+    // The directories as inotify names them: notify makes a relative path absolute (against the
+    // working directory), so each is matched in its configured, absolute and canonical forms.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let dirs: Vec<PathBuf> = settings
+        .dirs
+        .iter()
+        .flat_map(|d| [d.clone(), cwd.join(d), std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())])
+        .collect();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Only arrivals in a spool directory wake a scan: our own scan opens and reads the
         // directory, and waking on those events would scan in a loop. The directories' parents
