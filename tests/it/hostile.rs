@@ -367,3 +367,24 @@ fn a_fresh_queue_makes_the_commit_marks_name_and_sled_conf_durable() {
         "sled's conf is never fsynced:\n{text}"
     );
 }
+
+#[test]
+fn a_relative_spool_directory_is_woken_by_inotify() {
+    // spool_dirs relative to the daemon's working directory (as demo/config.toml has it), and
+    // rescans only once an hour: only inotify can bring the file in.
+    let env = TestEnv::with_config("[ingest]\nspool_dirs = [\"spool\"]\nrescan_interval = \"1h\"\n");
+    let log = std::fs::File::create(env.dir.path().join("relative.log")).unwrap();
+    let child = env
+        .command()
+        .current_dir(env.dir.path())
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _d = KillOnDrop(child);
+    wait_until("the daemon listens", WAIT, || std::os::unix::net::UnixStream::connect(&env.socket).is_ok());
+    wait_until("the spool's claim directory made", WAIT, || env.spool.join(".claim").is_dir());
+    env.drop_file("rel.json", &trigger(&routing_key(138), "relative", "in a relative spool"));
+    wait_until("the file delivered without a rescan", WAIT, || delivered_dedup_keys(&env).contains("relative"));
+}
