@@ -393,6 +393,9 @@ struct SpoolIntake {
     dirs: Vec<SpoolDir>,
     /// Whether the last store attempt found the queue full (one log line per change).
     full: bool,
+    /// Claimed files finished (deleted or quarantined) since start: a round that finished none
+    /// is not repeated at once, or a full queue with many waiting files would spin.
+    handled: u64,
 }
 
 /// A group of small files' events on their way to one commit.
@@ -424,7 +427,7 @@ impl SpoolIntake {
                 progress: HashMap::new(),
             })
             .collect();
-        SpoolIntake { settings, store, runtime, shutdown, watcher, dirs, full: false }
+        SpoolIntake { settings, store, runtime, shutdown, watcher, dirs, full: false, handled: 0 }
     }
 
     fn run(&mut self, wake: &std::sync::mpsc::Receiver<()>) {
@@ -596,7 +599,8 @@ impl SpoolIntake {
                 }
             }
         };
-        let more = names.len() > FILES_PER_ROUND;
+        let handled_before = self.handled;
+        let waiting = names.len() > FILES_PER_ROUND;
         let max_pending = self.store.limits().max_pending;
         let mut batch = Batch::default();
         for full in names.into_iter().take(FILES_PER_ROUND) {
@@ -655,7 +659,7 @@ impl SpoolIntake {
             }
         }
         self.commit(&mut batch);
-        more
+        waiting && self.handled > handled_before
     }
 
     /// Events the queue can take now.
@@ -876,7 +880,7 @@ impl SpoolIntake {
         let dir = &mut self.dirs[i];
         let Some(handles) = dir.handles.as_ref() else { return };
         match rustix::fs::unlinkat(&handles.claim, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => {}
+            Ok(()) | Err(Errno::NOENT) => self.handled += 1,
             Err(e) => {
                 error!(file = %Escaped(name), dir = %dir.path.display(), error = %e,
                     "stored a spool file's events but cannot delete it; skipping it until restart");
@@ -893,6 +897,7 @@ impl SpoolIntake {
         let reason = crate::text::escaped(reason);
         match move_to_rejected(handles, claim, &reason) {
             Ok(target) => {
+                self.handled += 1;
                 warn!(file = %Escaped(&claim.original), dir = %dir.path.display(), moved_to = %Escaped(&target), %reason, "spool file rejected");
             }
             Err(e) => {

@@ -2,7 +2,7 @@
 //! listing and reading, files too large for the queue, forged log lines, terminal escapes.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -32,10 +32,10 @@ fn delivered_dedup_keys(env: &TestEnv) -> HashSet<String> {
     env.fake.accepted().iter().filter_map(|r| r.body["dedup_key"].as_str().map(str::to_owned)).collect()
 }
 
-/// Writes `contents` to a temp name and renames it over `name` in the spool, replacing whatever
-/// is there.
+/// Writes `contents` to a short temp name (so any `name` up to 255 bytes fits) and renames it
+/// over `name` in the spool, replacing whatever is there.
 fn rename_over(spool: &Path, name: &str, contents: &str) {
-    let tmp = spool.join(format!(".{name}.{:x}.tmp", fastrand::u64(..)));
+    let tmp = spool.join(format!(".t{:x}.tmp", fastrand::u64(..)));
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, spool.join(name)).unwrap();
 }
@@ -230,7 +230,7 @@ fn an_invalid_file_with_a_255_byte_name_is_rejected_with_its_reason() {
     let names: Vec<String> = [249usize, 252, 255].iter().map(|len| format!("{}.json", "n".repeat(len - 5))).collect();
     for name in &names {
         assert!(name.len() >= 249 && name.len() <= 255);
-        env.drop_file_raw(name, "{not json");
+        rename_over(&env.spool, name, "{not json");
     }
     let rejected = env.spool.join("rejected");
     wait_until("three reasons written", WAIT, || {
@@ -276,7 +276,7 @@ fn a_file_name_with_a_newline_cannot_forge_a_log_line() {
     let env = TestEnv::new();
     let d = env.start();
     let name = "x\n2026-12-01T00:00:00Z ERROR pdrelay::daemon: queue damaged; run pdrelay queue purge\n.json";
-    env.drop_file_raw(name, "{not json");
+    rename_over(&env.spool, name, "{not json");
     wait_until("the file rejected", WAIT, || entries(&env.spool.join("rejected")).len() >= 2);
     wait_until("the rejection logged", WAIT, || d.log_text().contains("spool file rejected"));
     let log = d.log_text();
@@ -299,6 +299,8 @@ fn queue_list_and_show_escape_terminal_controls_in_producer_text() {
     c.send_line(&line);
     let reply = c.read_reply();
     let id = reply["id"].as_str().unwrap().to_owned();
+    env.fake.set_down(false);
+    wait_until("the event delivered, so that alerts lists it", WAIT, || delivered_dedup_keys(&env).len() == 1);
     for args in [vec!["queue", "list"], vec!["queue", "show", id.as_str()], vec!["alerts"]] {
         let out = env.command().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -307,23 +309,7 @@ fn queue_list_and_show_escape_terminal_controls_in_producer_text() {
             !text.chars().any(|ch| ch.is_control() && ch != '\n'),
             "{args:?} printed a control character: {text:?}"
         );
-        if args[0] == "queue" {
-            assert!(text.contains("\\u{1b}"), "{args:?} shows the escape as text: {text}");
-        }
-    }
-}
-
-/// Paths the spool test helpers need.
-trait RawDrop {
-    fn drop_file_raw(&self, name: &str, contents: &str);
-}
-
-impl RawDrop for TestEnv {
-    /// Like `drop_file`, for names too long for a `.{name}.tmp` temp name.
-    fn drop_file_raw(&self, name: &str, contents: &str) {
-        let tmp: PathBuf = self.spool.join(format!(".t{:x}.tmp", fastrand::u64(..)));
-        std::fs::write(&tmp, contents).unwrap();
-        std::fs::rename(&tmp, self.spool.join(name)).unwrap();
+        assert!(text.contains("\\u{1b}"), "{args:?} shows the escape as text: {text}");
     }
 }
 
