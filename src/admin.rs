@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, RetentionSection};
-use crate::intake::Shutdown;
+use crate::ops::shutdown::Shutdown;
 use crate::queue::record::{Record, State};
 use crate::queue::store::{now_ms, Store, StoreError};
 
@@ -113,7 +113,7 @@ pub enum AdminRequest {
         older_than_s: Option<u64>,
     },
     /// Store a silence (`pdrelay silence add`).
-    SilenceAdd(crate::silence::Silence),
+    SilenceAdd(crate::rules::silence::Silence),
     /// Every stored silence (`pdrelay silence list`).
     Silences,
     /// End a silence now and send what it held (`pdrelay silence expire`).
@@ -238,11 +238,11 @@ pub enum AdminAnswer {
         views: Vec<crate::queue::view::PagerDutyView>,
     },
     /// For `silence add` (the one added) and `silence list`.
-    Silences(Vec<crate::silence::Silence>),
+    Silences(Vec<crate::rules::silence::Silence>),
     /// For `silence expire`: the silence as it is now, and how many held events were released.
     SilenceExpired {
         /// The silence.
-        silence: crate::silence::Silence,
+        silence: crate::rules::silence::Silence,
         /// Events released.
         released: usize,
     },

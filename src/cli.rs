@@ -327,7 +327,7 @@ pub struct NagiosArgs {
         value_name = "host|service",
         allow_hyphen_values = true
     )]
-    pub object: crate::intake::nagios::NagiosObject,
+    pub object: crate::producers::nagios::NagiosObject,
     /// Dedup (incident) key to use instead of pd-nagios's.
     #[arg(
         short = 'i',

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{local_hostname, IntakeDefaults, RoutingKey, Severity};
-use crate::intake::nagios::{NagiosSettings, TypeAction};
+use crate::producers::nagios::{NagiosSettings, TypeAction};
 
 /// Where the config is read from when neither `--config` nor `PDRELAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pdrelay/config.toml";
@@ -50,16 +50,16 @@ pub struct ConfigFile {
     pub delivery: DeliverySection,
     /// Passing PagerDuty acknowledgements back to Nagios or Icinga 2 (off unless set).
     pub ackback: AckBackSection,
-    /// Routing rules, tried in order (see [`crate::routing`]).
-    pub routes: Vec<crate::routing::RouteSection>,
+    /// Routing rules, tried in order (see [`crate::rules::routing`]).
+    pub routes: Vec<crate::rules::routing::RouteSection>,
     /// Holding resolves so that a flapping check opens one incident.
     pub flap_damping: FlapDampingSection,
-    /// Weekly maintenance windows (see [`crate::silence`]).
-    pub maintenance: Vec<crate::silence::MaintenanceSection>,
-    /// A dead man's switch to ping (see [`crate::heartbeat`]).
-    pub heartbeat: crate::heartbeat::HeartbeatSection,
+    /// Weekly maintenance windows (see [`crate::rules::silence`]).
+    pub maintenance: Vec<crate::rules::silence::MaintenanceSection>,
+    /// A dead man's switch to ping (see [`crate::rules::heartbeat`]).
+    pub heartbeat: crate::rules::heartbeat::HeartbeatSection,
     /// Producers that must be heard from (a site relay).
-    pub expected_senders: Vec<crate::heartbeat::ExpectedSenderSection>,
+    pub expected_senders: Vec<crate::rules::heartbeat::ExpectedSenderSection>,
 }
 
 /// A secret from the config file (an API key, a password): its `Debug` form never shows it.
@@ -588,13 +588,13 @@ pub struct Config {
     /// `http.listen`, parsed; `None` when the listener is off.
     pub http_listen: Option<std::net::SocketAddr>,
     /// `http.allow`, parsed.
-    pub http_allow: Vec<crate::http::AllowEntry>,
+    pub http_allow: Vec<crate::intake::http::AllowEntry>,
     /// `[[routes]]`, checked.
-    pub router: crate::routing::Router,
+    pub router: crate::rules::routing::Router,
     /// `[[maintenance]]`, checked.
-    pub windows: Vec<crate::silence::Window>,
+    pub windows: Vec<crate::rules::silence::Window>,
     /// `[[expected_senders]]`, checked.
-    pub expected_senders: Vec<crate::heartbeat::Expected>,
+    pub expected_senders: Vec<crate::rules::heartbeat::Expected>,
 }
 
 impl Config {
@@ -803,10 +803,14 @@ impl Config {
         check_delivery(&file.delivery, &mut problems);
         check_two_way(&file, &mut problems);
         let (http_listen, http_allow) = check_http(&file.http, &mut problems);
-        let router = crate::routing::Router::check(&file.routes, &mut problems);
-        let windows = crate::silence::check_windows(&file.maintenance, &mut problems);
-        let expected_senders =
-            crate::heartbeat::check(&file.heartbeat, &file.expected_senders, routing_key.as_ref(), &mut problems);
+        let router = crate::rules::routing::Router::check(&file.routes, &mut problems);
+        let windows = crate::rules::silence::check_windows(&file.maintenance, &mut problems);
+        let expected_senders = crate::rules::heartbeat::check(
+            &file.heartbeat,
+            &file.expected_senders,
+            routing_key.as_ref(),
+            &mut problems,
+        );
         if file.flap_damping.resolve_hold > MAX_RESOLVE_HOLD {
             problems.push("flap_damping.resolve_hold: must be at most 24h (0 turns it off)".to_owned());
         }
@@ -833,9 +837,9 @@ impl Config {
     }
 
     /// The client's network settings.
-    pub fn network(&self) -> crate::pagerduty::client::Network {
+    pub fn network(&self) -> crate::delivery::client::Network {
         let p = &self.file.pagerduty;
-        crate::pagerduty::client::Network {
+        crate::delivery::client::Network {
             proxy: Some(p.proxy.clone()).filter(|s| !s.is_empty()),
             ca_bundle: Some(p.ca_bundle.clone()).filter(|s| !s.as_os_str().is_empty()),
             local_address: p.local_address.parse().ok(),
@@ -929,11 +933,11 @@ fn check_two_way(file: &ConfigFile, problems: &mut Vec<String>) {
 fn check_http(
     http: &HttpSection,
     problems: &mut Vec<String>,
-) -> (Option<std::net::SocketAddr>, Vec<crate::http::AllowEntry>) {
+) -> (Option<std::net::SocketAddr>, Vec<crate::intake::http::AllowEntry>) {
     let listen = http.listen.parse::<std::net::SocketAddr>().ok();
     let mut allow = Vec::new();
     for entry in &http.allow {
-        match crate::http::AllowEntry::parse(entry) {
+        match crate::intake::http::AllowEntry::parse(entry) {
             Some(e) => match e.never_matches(listen) {
                 Some(why) => problems.push(format!("http.allow: {entry:?} can never match: it {why}")),
                 None => allow.push(e),
@@ -1581,7 +1585,7 @@ mod tests {
     #[test]
     fn allow_entries_that_can_never_match_are_refused_and_mapped_ones_normalised() {
         let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"::ffff:127.0.0.1\"]\n").unwrap();
-        assert_eq!(c.http_allow, vec![crate::http::AllowEntry::parse("127.0.0.1").unwrap()]);
+        assert_eq!(c.http_allow, vec![crate::intake::http::AllowEntry::parse("127.0.0.1").unwrap()]);
         // A local client may connect to loopback from any of the host's addresses.
         Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\"]\n").unwrap();
         for (text, entry) in [

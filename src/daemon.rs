@@ -12,10 +12,11 @@ use tracing::{error, info};
 
 use crate::admin;
 use crate::config::Config;
+use crate::delivery::client::EventsClient;
 use crate::delivery::worker::{self, DeliverySettings};
-use crate::http::{self, HttpSettings};
-use crate::intake::{socket, spool, Shutdown};
-use crate::pagerduty::client::EventsClient;
+use crate::intake::http::{self, HttpSettings};
+use crate::intake::{socket, spool};
+use crate::ops::shutdown::Shutdown;
 use crate::queue::store::{Store, StoreError};
 
 /// Why the daemon could not run.
@@ -34,7 +35,7 @@ pub enum DaemonError {
     },
     /// The HTTP client could not be built (proxy, CA bundle, TLS set-up).
     #[error(transparent)]
-    Client(#[from] crate::pagerduty::client::ClientError),
+    Client(#[from] crate::delivery::client::ClientError),
     /// The local Events API listener could not start.
     #[error(transparent)]
     Http(#[from] http::HttpError),
@@ -46,7 +47,7 @@ pub enum DaemonError {
 /// period, but only while the committer answers a probe and the dispatcher loop keeps turning.
 pub async fn run(
     config: Config,
-    live: crate::live::LiveConfig,
+    live: crate::ops::reload::LiveConfig,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
     watchdog: Option<std::time::Duration>,
@@ -69,7 +70,7 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
-    live: crate::live::LiveConfig,
+    live: crate::ops::reload::LiveConfig,
     store: Store,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
@@ -96,14 +97,14 @@ async fn serve(
     let admin_listener = socket::bind(&file.ingest.admin_socket, 0o600, None)
         .map_err(|source| DaemonError::Socket { path: file.ingest.admin_socket.clone(), source })?;
     let (trigger, shutdown) = Shutdown::new();
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::ops::metrics::Metrics::new();
     store.set_metrics(metrics.clone());
-    let watch = Arc::new(crate::heartbeat::Watch::new(config.expected_senders.clone(), crate::queue::store::now_ms()));
+    let watch = Arc::new(crate::rules::heartbeat::Watch::new(config.expected_senders.clone(), crate::clock::now_ms()));
     // Before any intake starts: every accepted event is routed.
     store.set_policy(crate::queue::policy::Policy {
         router: config.router.clone(),
         resolve_hold_ms: file.flap_damping.resolve_hold.as_millis() as u64,
-        silences: crate::silence::Silences { stored: Vec::new(), windows: config.windows.clone() },
+        silences: crate::rules::silence::Silences { stored: Vec::new(), windows: config.windows.clone() },
         watch: watch.clone(),
     })?;
     let mut metric_tasks = Vec::new();
@@ -112,7 +113,7 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| DaemonError::Socket { path: addr.clone().into(), source })?;
-        metric_tasks.push(tokio::spawn(crate::metrics::serve(
+        metric_tasks.push(tokio::spawn(crate::ops::exposition::serve(
             listener,
             metrics.clone(),
             store.clone(),
@@ -120,7 +121,7 @@ async fn serve(
         )));
     }
     if !file.metrics.textfile.as_os_str().is_empty() {
-        metric_tasks.push(tokio::spawn(crate::metrics::write_textfile(
+        metric_tasks.push(tokio::spawn(crate::ops::exposition::write_textfile(
             file.metrics.textfile.clone(),
             file.metrics.textfile_interval,
             metrics.clone(),
@@ -240,7 +241,7 @@ async fn serve(
 /// Starts reconciliation (and ack-back) when a REST API key is set. A key or ack-back setting
 /// that cannot be read is one error in the log; delivery goes on without reconciliation.
 fn start_reconciliation(config: &Config, store: &Store, shutdown: &Shutdown) -> Option<tokio::task::JoinHandle<()>> {
-    let client = match crate::reconcile::client(config) {
+    let client = match crate::sync::reconcile::client(config) {
         Ok(Some(c)) => c,
         Ok(None) => return None,
         Err(e) => {
@@ -248,7 +249,7 @@ fn start_reconciliation(config: &Config, store: &Store, shutdown: &Shutdown) -> 
             return None;
         }
     };
-    let ackback = match crate::ackback::AckBack::from_config(&config.file.ackback) {
+    let ackback = match crate::sync::ackback::AckBack::from_config(&config.file.ackback) {
         Ok(a) => a,
         Err(e) => {
             error!(error = %e, "ack-back is off");
@@ -257,7 +258,7 @@ fn start_reconciliation(config: &Config, store: &Store, shutdown: &Shutdown) -> 
     };
     let interval = config.file.pagerduty.reconcile_interval;
     info!(interval = ?interval, ackback = ackback.is_some(), "reconciliation with PagerDuty's REST API on");
-    Some(tokio::spawn(crate::reconcile::run(store.clone(), client, ackback, interval, shutdown.clone())))
+    Some(tokio::spawn(crate::sync::reconcile::run(store.clone(), client, ackback, interval, shutdown.clone())))
 }
 
 /// Pings systemd's watchdog at half its period, only while the committer answers a probe within
@@ -283,7 +284,7 @@ async fn run_watchdog(
         // The stamp of the loop's turn for this probe, or for an earlier one: a loop stuck for a
         // whole period leaves it older than that.
         let last = heartbeat.1.load(std::sync::atomic::Ordering::Relaxed);
-        let dispatcher_ok = crate::queue::store::now_ms().saturating_sub(last) < period.as_millis() as u64;
+        let dispatcher_ok = crate::clock::now_ms().saturating_sub(last) < period.as_millis() as u64;
         if committer_ok && dispatcher_ok {
             alive();
         } else {

@@ -20,23 +20,17 @@
 //! each event goes), [`silence`] (silences and maintenance windows), [`heartbeat`] (dead man's
 //! switch and expected senders).
 
-pub mod ackback;
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
-pub mod heartbeat;
-pub mod http;
 pub mod intake;
-pub mod live;
-pub mod logging;
-pub mod metrics;
-pub mod pagerduty;
+pub mod ops;
+pub mod producers;
 pub mod queue;
-pub mod reconcile;
-pub mod routing;
-pub mod send;
-pub mod silence;
+pub mod rules;
+pub mod sync;
 pub mod text;

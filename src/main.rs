@@ -13,8 +13,8 @@ use pdrelay::cli::{
 };
 use pdrelay::config::{Config, DEFAULT_CONFIG_PATH};
 use pdrelay::event::{Event, MAX_REQUEST_BYTES};
-use pdrelay::intake::{nagios, pdagent, sensu, zabbix};
-use pdrelay::send::{self, Handed, SendError};
+use pdrelay::producers::send::{self, Handed, SendError};
+use pdrelay::producers::{nagios, pdagent, sensu, zabbix};
 
 /// Exit code of a daemon that refuses a damaged queue.
 const EXIT_DAMAGED: u8 = 3;
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             // Under systemd the daemon's config errors go to the journal at priority 3 (err).
-            let lead = if matches!(cli.command, Command::Daemon) && pdrelay::logging::stderr_is_journal() {
+            let lead = if matches!(cli.command, Command::Daemon) && pdrelay::ops::logging::stderr_is_journal() {
                 "<3>pdrelay: config: "
             } else {
                 "pdrelay: config: "
@@ -103,8 +103,8 @@ fn new_silence(
     start: Option<String>,
     comment: String,
     created_by: Option<String>,
-) -> Result<pdrelay::silence::Silence, String> {
-    let now = pdrelay::queue::store::now_ms();
+) -> Result<pdrelay::rules::silence::Silence, String> {
+    let now = pdrelay::clock::now_ms();
     let parse = |field: &str, text: &str| {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
@@ -123,9 +123,9 @@ fn new_silence(
         .or_else(|| std::env::var("SUDO_USER").ok())
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into());
-    let silence = pdrelay::silence::Silence {
+    let silence = pdrelay::rules::silence::Silence {
         id: uuid::Uuid::new_v4().to_string(),
-        matchers: pdrelay::silence::parse_matcher_args(&matchers)?,
+        matchers: pdrelay::rules::silence::parse_matcher_args(&matchers)?,
         starts_at_ms,
         ends_at_ms,
         comment,
@@ -159,7 +159,7 @@ fn run_route_test(config: &Config, file: Option<PathBuf>, intake: &str) -> ExitC
     }
     match Event::from_json(&text, &config.defaults) {
         Ok(event) => {
-            print!("{}", pdrelay::routing::explain(&config.router, event, intake, &config.events_url));
+            print!("{}", pdrelay::rules::routing::explain(&config.router, event, intake, &config.events_url));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -387,16 +387,16 @@ fn run_alerts(config: &Config, json: bool, refresh: bool, resend_resolves: bool)
 }
 
 fn refresh_alerts(config: &Config) -> Result<(), String> {
-    let client = pdrelay::reconcile::client(config)?.ok_or_else(|| {
+    let client = pdrelay::sync::reconcile::client(config)?.ok_or_else(|| {
         "--refresh: reconciliation is off: set pagerduty.rest_api_key or pagerduty.rest_api_key_file".to_owned()
     })?;
     let (alerts, views) = match admin::call(config, AdminRequest::Ledger).map_err(|e| e.to_string())? {
         AdminAnswer::Ledger { alerts, views } => (alerts, views),
         other => return Err(format!("unexpected answer: {other:?}")),
     };
-    let (targets, _) = pdrelay::reconcile::plan(&alerts, &views);
+    let (targets, _) = pdrelay::sync::reconcile::plan(&alerts, &views);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let (read, error) = runtime.block_on(pdrelay::reconcile::read_views(&client, &targets, &views));
+    let (read, error) = runtime.block_on(pdrelay::sync::reconcile::read_views(&client, &targets, &views));
     if !read.is_empty() {
         admin::call(config, AdminRequest::PutViews { views: read }).map_err(|e| e.to_string())?;
     }
@@ -553,7 +553,7 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
 
 fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| pdrelay::logging::level_filter(&config.file.log_level));
+        .unwrap_or_else(|_| pdrelay::ops::logging::level_filter(&config.file.log_level));
     // The filter sits behind a reload handle, so SIGHUP can change the log level.
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
     use std::io::IsTerminal;
@@ -561,7 +561,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt;
     // Under systemd, journald stamps each line itself and reads its priority from a `<N>` prefix:
     // no timestamps, no colours, no padded level there.
-    let journald = pdrelay::logging::stderr_is_journal();
+    let journald = pdrelay::ops::logging::stderr_is_journal();
     let ansi = std::io::stderr().is_terminal() && !journald;
     let registry = tracing_subscriber::registry().with(filter);
     let json = config.file.log_format == "json";
@@ -574,11 +574,11 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
                 .with(
                     layer
                         .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                        .event_format(pdrelay::logging::Journald::new(inner, false)),
+                        .event_format(pdrelay::ops::logging::Journald::new(inner, false)),
                 )
                 .init();
         } else {
-            registry.with(layer.event_format(pdrelay::logging::Journald::new(format, true))).init();
+            registry.with(layer.event_format(pdrelay::ops::logging::Journald::new(format, true))).init();
         }
     } else if json {
         registry
@@ -587,14 +587,14 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
-    let live = pdrelay::live::LiveConfig::new(&config);
+    let live = pdrelay::ops::reload::LiveConfig::new(&config);
     let reload = {
         let (live, old) = (live.clone(), config.file.clone());
         move || -> Result<(), String> {
             let new = Config::load(&path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
-            let restart = pdrelay::live::restart_needed(&old, &new.file);
+            let restart = pdrelay::ops::reload::restart_needed(&old, &new.file);
             if std::env::var_os("RUST_LOG").is_none() {
-                let level = pdrelay::logging::level_filter(&new.file.log_level);
+                let level = pdrelay::ops::logging::level_filter(&new.file.log_level);
                 filter_handle.reload(level).map_err(|e| e.to_string())?;
             }
             live.replace(&new);

@@ -1,5 +1,5 @@
 //! The heartbeat task: pings `[heartbeat] url` while delivery works, and raises (and resolves)
-//! the alerts for `[[expected_senders]]` that fall silent (see [`crate::heartbeat`]).
+//! the alerts for `[[expected_senders]]` that fall silent (see [`crate::rules::heartbeat`]).
 //!
 //! "Delivery works" means: PagerDuty is not held for unreachable (no outage, see `worker`) and
 //! the last delivery attempt did not fail for a reason that is not about one event. While it
@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::delivery::client::EventsClient;
 use crate::event::Event;
-use crate::heartbeat::{alert_json, dedup_key, Watch, INTAKE};
-use crate::intake::Shutdown;
-use crate::pagerduty::client::EventsClient;
+use crate::ops::shutdown::Shutdown;
 use crate::queue::store::{now_ms, NewEvent, Store};
+use crate::rules::heartbeat::{alert_json, dedup_key, Watch, INTAKE};
 
 /// What the task needs.
 pub struct HeartbeatSettings {
@@ -33,7 +33,7 @@ pub struct HeartbeatSettings {
     /// Expected senders and when they were last heard (shared with the queue's policy).
     pub watch: Arc<Watch>,
     /// Where to count pings.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
 }
 
 /// Runs until `shutdown`.

@@ -2,9 +2,10 @@
 //!
 //! Owns: ordering (per routing key and dedup key), concurrency, retry timing and routing-key
 //! pauses ([`worker`]), and the pure classification of answers ([`retry`]); heartbeats out
-//! and expected senders in ([`heartbeat`]). Does not own the
-//! HTTP transport (`pagerduty::client`) or storage (`queue`).
+//! and expected senders in ([`heartbeat`]); the HTTP transport to the Events API ([`client`]).
+//! Does not own: storage (`queue`).
 
+pub mod client;
 pub mod heartbeat;
 pub mod retry;
 pub mod worker;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use backoff::backoff::Backoff;
 
 use crate::config::RetrySection;
+use crate::delivery::client::Attempt;
 use crate::event::EventKind;
-use crate::pagerduty::client::Attempt;
 
 /// What to do with an event after one attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +107,7 @@ pub fn retry_delay(policy: &RetrySection, attempts: u32, retry_after: Option<Dur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pagerduty::ApiResponse;
+    use crate::delivery::client::ApiResponse;
 
     fn response(status: u16, errors: &[&str]) -> Attempt {
         Attempt::Response {

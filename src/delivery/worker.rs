@@ -56,8 +56,8 @@ use tracing::{debug, error, info, warn};
 
 use super::retry::{classify, probe_delay, retry_delay, systemic, Decision};
 
+use crate::delivery::client::{Attempt, EventsClient};
 use crate::event::{redact_routing_key, EventAction};
-use crate::pagerduty::client::{Attempt, EventsClient};
 use crate::queue::record::{Record, State};
 use crate::queue::store::{now_ms, Outcome, PendingEntry, Store, StoreError};
 
@@ -76,7 +76,7 @@ pub struct DeliverySettings {
     /// Shared HTTP client.
     pub client: EventsClient,
     /// Retry timing (reloadable).
-    pub live: crate::live::LiveConfig,
+    pub live: crate::ops::reload::LiveConfig,
     /// Deliveries in flight at once.
     pub concurrency: usize,
     /// Most pending events held in memory at once (`queue.dispatch_window`, at least 1; 0 is
@@ -92,7 +92,7 @@ pub struct DeliverySettings {
     /// Last turn of the dispatcher loop, ms since the epoch.
     pub heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where attempts are counted.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     /// Systemic failures in a row that make an outage (`delivery.outage_after`, at least 1).
     pub outage_after: u32,
     /// Time between probes during an outage (`delivery.probe_interval`), jittered +-20%.

@@ -2,35 +2,10 @@
 //! [`crate::event::Event`]s, stores them durably, and only then tells the producer (spool: deletes
 //! the file; socket: replies `ok`).
 //!
-//! Owns: the spool directories ([`spool`]) and the Unix socket ([`socket`]).
+//! Owns: the spool directories ([`spool`]), the Unix socket ([`socket`]) and the opt-in local
+//! Events API endpoint ([`http`]). Does not own: what producers' own formats mean (see
+//! `producers`), or storage (see `queue`).
 
-pub mod nagios;
-pub mod pdagent;
-pub mod sensu;
+pub mod http;
 pub mod socket;
 pub mod spool;
-pub mod zabbix;
-
-use tokio::sync::watch;
-
-/// A shutdown signal any task can wait on; cheap to clone.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// A trigger and the first receiver.
-    pub fn new() -> (watch::Sender<bool>, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Shutdown(rx))
-    }
-
-    /// Completes once shutdown has been asked (at once if it already was).
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-
-    /// Whether shutdown has been asked.
-    pub fn is_set(&self) -> bool {
-        *self.0.borrow()
-    }
-}

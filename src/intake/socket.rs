@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::Shutdown;
 use crate::event::Event;
+use crate::ops::shutdown::Shutdown;
 use crate::queue::store::{InsertTicket, NewEvent, Store, StoreError};
 
 /// How long, and how many bytes, a closing connection reads and discards (lingering close).
@@ -85,7 +85,7 @@ pub struct SocketSettings {
     /// A line must be complete within this long of its first byte.
     pub line_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::live::LiveConfig,
+    pub live: crate::ops::reload::LiveConfig,
 }
 
 /// Binds a socket at `path`: creates its directory if missing (mode 0755 whatever the umask:

@@ -46,9 +46,9 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
-use super::nagios::{map, parse_pl_spool_file, Mapped, NagiosSettings};
-use super::Shutdown;
 use crate::event::{Event, IntakeDefaults};
+use crate::ops::shutdown::Shutdown;
+use crate::producers::nagios::{map, parse_pl_spool_file, Mapped, NagiosSettings};
 use crate::queue::store::{NewEvent, Store, StoreError};
 use crate::text::Escaped;
 
@@ -82,7 +82,7 @@ pub struct SpoolSettings {
     /// Longest line of a streamed `.ndjson` file, in bytes.
     pub max_line_bytes: usize,
     /// Defaults filled in at intake and the mapping of pagerduty_nagios.pl files (reloadable).
-    pub live: crate::live::LiveConfig,
+    pub live: crate::ops::reload::LiveConfig,
 }
 
 /// Whether a directory entry named `name` is a spool file to read: `*.json`, `*.ndjson`, or a

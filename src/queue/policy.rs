@@ -1,7 +1,7 @@
 //! Paging policy applied when an event is accepted, inside the committer's group commit:
 //! `[[routes]]` (and acknowledge/resolve following their trigger's routing key and URL), and flap
 //! damping (`[flap_damping]`: a resolve held, cancelled together with a trigger of the same key
-//! that comes within the hold). The rules themselves live in [`crate::routing`]; this module
+//! that comes within the hold). The rules themselves live in [`crate::rules::routing`]; this module
 //! keeps the two small indexes they need in the queue's tree:
 //!
 //! - `r` + producer's routing key + NUL + dedup key -> [`Follow`] (JSON): where the last trigger
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{record_key, Record, State};
 use crate::event::{EventAction, RoutingKey};
-use crate::routing::{set_routing_key, Router};
+use crate::rules::routing::{set_routing_key, Router};
 
 /// Where a trigger was sent, for its acknowledge and resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +46,9 @@ pub struct Policy {
     /// `flap_damping.resolve_hold` in ms; 0 = off.
     pub resolve_hold_ms: u64,
     /// Stored silences and `[[maintenance]]` windows.
-    pub silences: crate::silence::Silences,
+    pub silences: crate::rules::silence::Silences,
     /// `[[expected_senders]]` and when each was last heard (shared with the heartbeat task).
-    pub watch: std::sync::Arc<crate::heartbeat::Watch>,
+    pub watch: std::sync::Arc<crate::rules::heartbeat::Watch>,
 }
 
 /// What the held-by-silence index (`q`) says of one held event.
@@ -369,7 +369,7 @@ fn drop_record(record: &mut Record, now_ms: u64, reason: String) {
 mod tests {
     use super::*;
     use crate::event::{Event, IntakeDefaults};
-    use crate::routing::RouteSection;
+    use crate::rules::routing::RouteSection;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

@@ -518,7 +518,7 @@ struct Inner {
     /// Records read by [`Store::pending_from`] since freed memory was last handed back.
     scanned: AtomicU64,
     /// Where to count stored events, once the daemon sets it.
-    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    metrics: std::sync::OnceLock<Arc<crate::ops::metrics::Metrics>>,
     /// Superseded records kept now.
     superseded: AtomicU64,
     /// Pending events per routing key (full key), kept by the committer.
@@ -1022,7 +1022,7 @@ impl Store {
     }
 
     /// Every stored silence, expired ones included, in id order.
-    pub fn silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+    pub fn silences(&self) -> Result<Vec<crate::rules::silence::Silence>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix([b's']) {
             let (_, v) = item?;
@@ -1034,7 +1034,7 @@ impl Store {
     }
 
     /// Stores a silence durably (answers once it is on disk); acceptance applies it from then.
-    pub async fn save_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+    pub async fn save_silence(&self, silence: &crate::rules::silence::Silence) -> Result<(), StoreError> {
         let value = serde_json::to_vec(silence).expect("silences encode");
         self.request(Op::Put(vec![(silence_key(&silence.id), Some(value))])).await?;
         self.refresh_silences()
@@ -1042,12 +1042,15 @@ impl Store {
 
     /// Ends the silence `id` now and sends the events it held (as `queue retry --waiting` does);
     /// `None` when there is no such silence. Returns it and how many events it released.
-    pub async fn expire_silence(&self, id: &str) -> Result<Option<(crate::silence::Silence, usize)>, StoreError> {
+    pub async fn expire_silence(
+        &self,
+        id: &str,
+    ) -> Result<Option<(crate::rules::silence::Silence, usize)>, StoreError> {
         let Some(mut silence) = self
             .inner
             .tree
             .get(silence_key(id))?
-            .and_then(|v| serde_json::from_slice::<crate::silence::Silence>(&v).ok())
+            .and_then(|v| serde_json::from_slice::<crate::rules::silence::Silence>(&v).ok())
         else {
             return Ok(None);
         };
@@ -1097,7 +1100,7 @@ impl Store {
     }
 
     /// Counts durably stored events in `metrics` (by intake) from now on.
-    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+    pub fn set_metrics(&self, metrics: Arc<crate::ops::metrics::Metrics>) {
         let _ = self.inner.metrics.set(metrics);
     }
 
@@ -1535,7 +1538,7 @@ fn committer(inner: &Inner, db_file: File, mark: CommitMark, mut commit: u64, mu
                 for (source, n) in &by_source {
                     metrics
                         .intake
-                        .get_or_create(&crate::metrics::IntakeLabels { source: (*source).to_owned() })
+                        .get_or_create(&crate::ops::metrics::IntakeLabels { source: (*source).to_owned() })
                         .inc_by(*n);
                 }
             }
@@ -1696,7 +1699,7 @@ fn prepare_insert(
 }
 
 /// Counts what routes, silences and flap damping did to a newly accepted record.
-fn count_policy(m: &crate::metrics::Metrics, record: &Record, cancelled: bool) {
+fn count_policy(m: &crate::ops::metrics::Metrics, record: &Record, cancelled: bool) {
     let kind = |text: &str| {
         if text.starts_with("silence") {
             "silence"

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::admin::{Counts, StatusReport};
 use crate::event::{Event, EventError, IntakeDefaults};
-use crate::send::{Handed, SendError, Sent};
+use crate::producers::send::{Handed, SendError, Sent};
 
 /// Where pdagent keeps its queue.
 pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/pdagent/outqueue/pdq";
@@ -121,7 +121,7 @@ pub struct ImportReport {
 }
 
 /// Imports every event file in `dir` (see the module docs), handing each event to `hand` (the
-/// daemon or the spool: [`crate::send::hand_over`]). Writes one line per file to `out` and one
+/// daemon or the spool: [`crate::producers::send::hand_over`]). Writes one line per file to `out` and one
 /// per problem to `err`. Returns an error only when `dir` cannot be listed.
 pub fn import(
     dir: &Path,

@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_images, check_links, Image, Link};
-use crate::event::{
-    details_object, fit_dedup_key, keep_original_severity, new_dedup_key, normalize_timestamp, required_summary,
-    routing_key_or_default, EventAction, EventError, IntakeDefaults, RoutingKey, Severity,
+use super::fields::{
+    check_images, check_links, details_object, fit_dedup_key, keep_original_severity, new_dedup_key,
+    normalize_timestamp, required_summary, routing_key_or_default, EventAction, EventError, Image, IntakeDefaults,
+    Link, RoutingKey, Severity,
 };
 
 /// An alert event as sent: every rule of intake already holds.

@@ -4,11 +4,33 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::ApiResponse;
+use serde::{Deserialize, Serialize};
+
 use crate::event::EventKind;
 
 /// Longest answer body kept, in bytes; the rest is cut.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The body PagerDuty answers with (v2: `status`, `message`, `dedup_key`; v1: `incident_key`;
+/// errors: `errors[]`). Every field is optional: a proxy or a cut-off answer may have none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiResponse {
+    /// `success`, `invalid event`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Human text.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// v2: the dedup key PagerDuty used.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    /// v1: the incident key PagerDuty used.
+    #[serde(default)]
+    pub incident_key: Option<String>,
+    /// What PagerDuty found invalid.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
 
 /// What one POST produced.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{Event, RoutingKey};
-use crate::routing::Matcher;
+use crate::rules::routing::Matcher;
 
 /// `[heartbeat]`
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +98,7 @@ impl Watch {
         }
         let mut last = self.last_heard.lock().expect("last heard lock");
         for (i, s) in self.senders.iter().enumerate() {
-            if crate::routing::all_match(&s.matchers, event, intake) {
+            if crate::rules::routing::all_match(&s.matchers, event, intake) {
                 last[i] = last[i].max(now_ms);
             }
         }
@@ -148,7 +148,7 @@ pub fn check(
             problems.push(format!("{at}.match: needs at least one matcher, e.g. {{ source = \"db1\" }}"));
             ok = false;
         }
-        let (matchers, all_good) = crate::routing::parse_matchers(&at, &s.matchers, problems);
+        let (matchers, all_good) = crate::rules::routing::parse_matchers(&at, &s.matchers, problems);
         ok &= all_good;
         if s.within < Duration::from_secs(1) || s.within > Duration::from_secs(30 * 86_400) {
             problems.push(format!("{at}.within: must be between 1s and 30d"));

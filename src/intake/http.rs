@@ -57,7 +57,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::event::{Event, EventKind, IntakeDefaults, MAX_REQUEST_BYTES};
-use crate::intake::Shutdown;
+use crate::ops::shutdown::Shutdown;
 use crate::queue::store::{NewEvent, Store, StoreError};
 
 /// Name of the file, in `state_dir`, that holds the listener's bound address while it runs.
@@ -195,14 +195,14 @@ pub struct HttpSettings {
     /// Bound on headers, then on the body, and on an idle keep-alive connection.
     pub request_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::live::LiveConfig,
+    pub live: crate::ops::reload::LiveConfig,
     /// Where the bound address is written (`state_dir/http.addr`).
     pub addr_file: PathBuf,
 }
 
 impl HttpSettings {
     /// The settings of a checked config; `None` when the listener is off.
-    pub fn from_config(config: &Config, live: &crate::live::LiveConfig) -> Option<HttpSettings> {
+    pub fn from_config(config: &Config, live: &crate::ops::reload::LiveConfig) -> Option<HttpSettings> {
         let http = &config.file.http;
         let tls = (!http.tls_cert.as_os_str().is_empty()).then(|| (http.tls_cert.clone(), http.tls_key.clone()));
         Some(HttpSettings {
@@ -302,7 +302,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// What every connection shares.
 struct Context {
     store: Store,
-    live: crate::live::LiveConfig,
+    live: crate::ops::reload::LiveConfig,
     request_timeout: Duration,
 }
 
@@ -795,7 +795,7 @@ async fn enqueue(
 /// read; 503 otherwise.
 fn health(ctx: &Context) -> Response<Full<Bytes>> {
     let stamp = |s: Option<(u64, String)>, what: &str| match s {
-        Some((at, text)) => json!({"at": crate::admin::rfc3339(at), what: text}),
+        Some((at, text)) => json!({"at": crate::clock::rfc3339(at), what: text}),
         None => Value::Null,
     };
     match ctx.store.last_events() {

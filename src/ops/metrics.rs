@@ -1,6 +1,6 @@
-//! Prometheus metrics, in the text exposition format (prometheus-client), served on an opt-in
-//! listener (`[metrics] listen`, loopback by default when set) or written to a file for
-//! node_exporter's textfile collector (`[metrics] textfile`).
+//! Prometheus metrics: the counters and gauges (prometheus-client) the stages count into, and
+//! their text exposition format. Below the queue: the store counts into them and never the other
+//! way round; `ops::exposition` reads the queue's gauges and serves or writes the text.
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -15,7 +15,6 @@
 //! | `pdrelay_throttled_routing_keys` | gauge | routing keys whose backlog is over a minute at their rate limit |
 //! | `pdrelay_throttled_backlog_seconds` | gauge | `routing_key` (first 6 characters): time to drain a throttled key's backlog at its limit |
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +24,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tracing::warn;
-
-use crate::intake::Shutdown;
-use crate::queue::store::{now_ms, Store};
 
 /// Labels of `pdrelay_deliveries_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,144 +188,56 @@ impl Metrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    /// The exposition text, with the queue gauges read from `store` now.
-    pub fn render(&self, store: &Store) -> String {
-        let now = now_ms();
-        let pending = store.pending_count() as i64;
-        self.pending.set(pending);
-        let waiting = self.waiting.get().min(pending);
-        let (failed, delivered) = store.finished_counts();
+    /// The exposition text, with the queue's gauges set from `gauges` first.
+    pub fn encode(&self, gauges: &QueueGauges) -> String {
+        self.pending.set(gauges.pending as i64);
+        let waiting = self.waiting.get().min(gauges.pending as i64);
         for (state, n) in [
-            ("pending", pending - waiting),
+            ("pending", gauges.pending as i64 - waiting),
             ("waiting", waiting),
-            ("failed", failed as i64),
-            ("delivered", delivered as i64),
-            ("superseded", store.superseded_count() as i64),
+            ("failed", gauges.failed as i64),
+            ("delivered", gauges.delivered as i64),
+            ("superseded", gauges.superseded as i64),
         ] {
             self.by_state.get_or_create(&StateLabels { state: state.to_owned() }).set(n);
         }
-        if let Ok(pauses) = store.pauses() {
-            self.paused.set(pauses.iter().filter(|(_, until)| *until > now).count() as i64);
+        if let Some(paused) = gauges.paused {
+            self.paused.set(paused as i64);
         }
-        let oldest = store
-            .pending_from(0, 1)
-            .ok()
-            .and_then(|p| p.first().map(|e| e.seq))
-            .and_then(|seq| store.get(seq).ok().flatten())
-            .map(|r| now.saturating_sub(r.accepted_at_ms) / 1000);
-        self.oldest_age.set(oldest.unwrap_or(0) as i64);
-        self.outage.set(i64::from(store.outage_since().is_some()));
-        let limits = store.rate_limits();
+        self.oldest_age.set(gauges.oldest_age_seconds as i64);
+        self.outage.set(i64::from(gauges.outage));
         self.backlog.clear();
-        let mut throttled = 0;
-        for (rk, n) in store.pending_by_key() {
-            let limit = limits.of(&rk);
-            if limit > 0 && n > u64::from(limit) {
-                throttled += 1;
-                let labels = KeyLabels { routing_key: crate::event::redact_routing_key(&rk) };
-                self.backlog.get_or_create(&labels).set(crate::admin::drain_seconds(n, limit) as i64);
-            }
+        for (routing_key, seconds) in &gauges.throttled {
+            let labels = KeyLabels { routing_key: crate::event::redact_routing_key(routing_key) };
+            self.backlog.get_or_create(&labels).set(*seconds as i64);
         }
-        self.throttled.set(throttled);
+        self.throttled.set(gauges.throttled.len() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
 
-/// Serves `GET /metrics` on `listener` until shutdown (one small HTTP/1.1 answer per request).
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, store: Store, mut shutdown: Shutdown) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = shutdown.wait() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            }
-        };
-        let (metrics, store) = (metrics.clone(), store.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await else { return };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body, kind) = if request.starts_with("GET /metrics ") || request.starts_with("GET / ") {
-                ("200 OK", metrics.render(&store), "text/plain; version=0.0.4; charset=utf-8")
-            } else {
-                ("404 Not Found", "GET /metrics\n".to_owned(), "text/plain")
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-        });
-    }
-}
-
-/// Writes the metrics to `path` every `interval` (temp file, then rename: node_exporter never
-/// reads half a file) until shutdown.
-pub async fn write_textfile(
-    path: PathBuf,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    store: Store,
-    mut shutdown: Shutdown,
-) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = write_atomically(&path, metrics.render(&store).as_bytes()) {
-            warn!(file = %path.display(), error = %e, "cannot write the metrics file");
-        }
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{Event, IntakeDefaults};
-    use crate::queue::store::NewEvent;
-
-    #[tokio::test]
-    async fn throttled_keys_and_their_backlog_time_are_exported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("q")).unwrap();
-        let events = (0..250)
-            .map(|n| {
-                let rk = if n < 240 { "A".repeat(32) } else { "B".repeat(32) };
-                let text = format!(
-                    r#"{{"routing_key":"{rk}","event_action":"trigger","dedup_key":"d{n}","payload":{{"summary":"s","source":"h","severity":"info"}}}}"#
-                );
-                NewEvent { id: None, intake: "socket", event: Event::from_json(text.as_bytes(), &IntakeDefaults::default()).unwrap() }
-            })
-            .collect();
-        store.insert(events).await.unwrap();
-        store.set_outage(Some(now_ms()));
-        let text = Metrics::new().render(&store);
-        assert!(text.contains("pdrelay_throttled_routing_keys 1\n"), "{text}");
-        assert!(text.contains("pdrelay_throttled_backlog_seconds{routing_key=\"AAAAAA…\"} 120\n"), "{text}");
-        assert!(!text.contains("BBBBBB"), "a key under its limit is not listed: {text}");
-        assert!(text.contains("pdrelay_delivery_outage 1\n"), "{text}");
-        store.set_outage(None);
-        assert!(Metrics::new().render(&store).contains("pdrelay_delivery_outage 0\n"));
-        store.close();
-    }
+/// The queue's state at one moment, as the gauges show it (read by `ops::exposition` from the
+/// store, so that the counters here sit below the store and the store can count into them).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QueueGauges {
+    /// Pending events, those waiting for a retry included.
+    pub pending: u64,
+    /// Failed events kept.
+    pub failed: u64,
+    /// Delivered events kept.
+    pub delivered: u64,
+    /// Superseded events kept.
+    pub superseded: u64,
+    /// Routing keys paused now (429 / v1 403); `None` when the pauses could not be read (the
+    /// gauge keeps its last value).
+    pub paused: Option<u64>,
+    /// Age of the oldest pending event, in seconds (0 with none).
+    pub oldest_age_seconds: u64,
+    /// Whether delivery holds PagerDuty for unreachable.
+    pub outage: bool,
+    /// Routing keys whose backlog is over a minute at their rate limit, with the seconds to
+    /// drain it (full routing keys: [`Metrics::encode`] redacts them).
+    pub throttled: Vec<(String, u64)>,
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, ConfigFile, RetrySection};
 use crate::event::IntakeDefaults;
-use crate::intake::nagios::NagiosSettings;
+use crate::producers::nagios::NagiosSettings;
 
 /// One consistent set of reloadable settings.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::routing::Matcher;
+use crate::rules::routing::Matcher;
 
 /// Longest comment or author, in characters.
 pub const MAX_TEXT_CHARS: usize = 1000;
@@ -124,7 +124,7 @@ pub fn check_windows(sections: &[MaintenanceSection], problems: &mut Vec<String>
             problems.push(format!("{at}.match: needs at least one matcher (a window for every event pages nobody)"));
             ok = false;
         }
-        let (matchers, all_good) = crate::routing::parse_matchers(&at, &s.matchers, problems);
+        let (matchers, all_good) = crate::rules::routing::parse_matchers(&at, &s.matchers, problems);
         ok &= all_good;
         let mut days = 0u8;
         for d in &s.days {
@@ -194,12 +194,12 @@ impl Silences {
         let stored = self
             .stored
             .iter()
-            .filter(|c| c.silence.active(now_ms) && crate::routing::all_match(&c.matchers, event, intake))
+            .filter(|c| c.silence.active(now_ms) && crate::rules::routing::all_match(&c.matchers, event, intake))
             .map(|c| (format!("silence {}", c.silence.id), c.silence.ends_at_ms));
         let windows = self
             .windows
             .iter()
-            .filter(|w| crate::routing::all_match(&w.matchers, event, intake))
+            .filter(|w| crate::rules::routing::all_match(&w.matchers, event, intake))
             .filter_map(|w| w.end_if_active(now_ms).map(|end| (format!("maintenance {}", w.name), end)));
         stored.chain(windows).max_by_key(|(_, end)| *end)
     }

@@ -376,7 +376,7 @@ mod tests {
         }
     }
 
-    fn alert(m: Mapped) -> crate::pagerduty::v2::AlertEvent {
+    fn alert(m: Mapped) -> crate::event::v2::AlertEvent {
         match m {
             Mapped::Event(Event::Alert(a)) => a,
             other => panic!("not an alert: {other:?}"),

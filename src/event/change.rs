@@ -4,10 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_images, check_links, Image, Link};
-use crate::event::{
-    details_object, normalize_timestamp, required_summary, routing_key_or_default, EventError, IntakeDefaults,
-    RoutingKey,
+use super::fields::{
+    check_images, check_links, details_object, normalize_timestamp, required_summary, routing_key_or_default,
+    EventError, Image, IntakeDefaults, Link, RoutingKey,
 };
 
 /// A change event as sent.

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
-use crate::ackback::AckBack;
 use crate::config::Config;
 use crate::event::EventAction;
-use crate::intake::Shutdown;
-use crate::pagerduty::rest::{RestClient, RestError};
+use crate::ops::shutdown::Shutdown;
 use crate::queue::store::{now_ms, AlertState, Store};
 use crate::queue::view::PagerDutyView;
 #[cfg(test)]
 use crate::queue::view::{OPEN_HERE_NONE_THERE, OPEN_HERE_RESOLVED_THERE, RESOLVED_HERE_OPEN_THERE};
+use crate::sync::ackback::AckBack;
+use crate::sync::rest::{RestClient, RestError};
 
 /// Most keys read in one pass (the rest wait for the next pass, oldest reads first).
 pub const MAX_KEYS_PER_PASS: usize = 500;

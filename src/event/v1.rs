@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{
+use super::fields::{
     details_object, fit_dedup_key, new_dedup_key, routing_key_or_default, truncate_chars, EventAction, EventError,
     IntakeDefaults, RoutingKey, MAX_SUMMARY_CHARS,
 };
