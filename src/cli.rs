@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::event::ApiVersion;
+
 /// pdrelay: durable PagerDuty Events API forwarder for monitored hosts.
 #[derive(Debug, Parser)]
 #[command(name = "pdrelay", version, about, propagate_version = true)]
@@ -194,15 +196,6 @@ pub enum QueueCommand {
         #[arg(long = "older-than", value_parser = humantime::parse_duration)]
         older_than: Option<std::time::Duration>,
     },
-}
-
-/// Which Events API `send` targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ApiVersion {
-    /// Events API v1 (pd-send's format).
-    V1,
-    /// Events API v2 (PD-CEF).
-    V2,
 }
 
 /// The event action, as pd-send spells it.

@@ -4,6 +4,8 @@
 //!
 //! Every key is described in `config.example.toml` at the top of the repository.
 
+pub mod allow;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -259,10 +261,18 @@ pub struct QueueSection {
     pub dispatch_window: usize,
 }
 
+/// Default `queue.max_pending`, in events.
+pub const DEFAULT_MAX_PENDING: u64 = 1_000_000;
+/// Default `queue.min_free_bytes`, in bytes (64 MiB).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Default for QueueSection {
     fn default() -> Self {
-        let limits = crate::queue::store::Limits::default();
-        QueueSection { max_pending: limits.max_pending, min_free_bytes: limits.min_free_bytes, dispatch_window: 20_000 }
+        QueueSection {
+            max_pending: DEFAULT_MAX_PENDING,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            dispatch_window: 20_000,
+        }
     }
 }
 
@@ -588,7 +598,7 @@ pub struct Config {
     /// `http.listen`, parsed; `None` when the listener is off.
     pub http_listen: Option<std::net::SocketAddr>,
     /// `http.allow`, parsed.
-    pub http_allow: Vec<crate::intake::http::AllowEntry>,
+    pub http_allow: Vec<crate::config::allow::AllowEntry>,
     /// `[[routes]]`, checked.
     pub router: crate::rules::routing::Router,
     /// `[[maintenance]]`, checked.
@@ -933,11 +943,11 @@ fn check_two_way(file: &ConfigFile, problems: &mut Vec<String>) {
 fn check_http(
     http: &HttpSection,
     problems: &mut Vec<String>,
-) -> (Option<std::net::SocketAddr>, Vec<crate::intake::http::AllowEntry>) {
+) -> (Option<std::net::SocketAddr>, Vec<crate::config::allow::AllowEntry>) {
     let listen = http.listen.parse::<std::net::SocketAddr>().ok();
     let mut allow = Vec::new();
     for entry in &http.allow {
-        match crate::intake::http::AllowEntry::parse(entry) {
+        match crate::config::allow::AllowEntry::parse(entry) {
             Some(e) => match e.never_matches(listen) {
                 Some(why) => problems.push(format!("http.allow: {entry:?} can never match: it {why}")),
                 None => allow.push(e),
@@ -1585,7 +1595,7 @@ mod tests {
     #[test]
     fn allow_entries_that_can_never_match_are_refused_and_mapped_ones_normalised() {
         let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"::ffff:127.0.0.1\"]\n").unwrap();
-        assert_eq!(c.http_allow, vec![crate::intake::http::AllowEntry::parse("127.0.0.1").unwrap()]);
+        assert_eq!(c.http_allow, vec![crate::config::allow::AllowEntry::parse("127.0.0.1").unwrap()]);
         // A local client may connect to loopback from any of the host's addresses.
         Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nallow = [\"10.0.0.0/8\"]\n").unwrap();
         for (text, entry) in [

@@ -192,6 +192,16 @@ impl std::str::FromStr for Severity {
     }
 }
 
+/// Which Events API an event is written for: `--api` of `pdrelay send`, `nagios`, `zabbix` and
+/// `sensu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiVersion {
+    /// Events API v1 (pd-send's format).
+    V1,
+    /// Events API v2 (PD-CEF).
+    V2,
+}
+
 /// Which Events API an event goes to, and so its endpoint under `events_url`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::ApiVersion;
+use crate::event::ApiVersion;
 use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
 
 /// What a notification is about (pd-nagios's `-n`, pagerduty_nagios.pl's `pd_nagios_object`).

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::{ActionArg, ApiVersion, SendArgs};
+use crate::cli::{ActionArg, SendArgs};
 use crate::config::Config;
+use crate::event::ApiVersion;
 use crate::event::{Event, EventError};
 use crate::intake::socket::Reply;
 

@@ -19,7 +19,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::ApiVersion;
+use crate::event::ApiVersion;
 use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
 
 /// Sensu check status codes and the PagerDuty severity each becomes (any other code: error).

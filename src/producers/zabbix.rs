@@ -41,7 +41,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::ApiVersion;
+use crate::event::ApiVersion;
 use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
 
 /// Zabbix trigger severities (`{TRIGGER.SEVERITY}`, in Zabbix's English names) and the PagerDuty
