@@ -40,9 +40,9 @@ fn queue_gauges(store: &Store) -> QueueGauges {
     }
     QueueGauges {
         pending: store.pending_count() as u64,
-        failed: failed as u64,
-        delivered: delivered as u64,
-        superseded: store.superseded_count() as u64,
+        failed,
+        delivered,
+        superseded: store.superseded_count(),
         paused,
         oldest_age_seconds: oldest.unwrap_or(0),
         outage: store.outage_since().is_some(),
