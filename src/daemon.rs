@@ -47,7 +47,7 @@ pub enum DaemonError {
 /// period, but only while the committer answers a probe and the dispatcher loop keeps turning.
 pub async fn run(
     config: Config,
-    live: crate::ops::reload::LiveConfig,
+    live: crate::ops::reload::ReloadableSettings,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
     watchdog: Option<std::time::Duration>,
@@ -70,7 +70,7 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
-    live: crate::ops::reload::LiveConfig,
+    live: crate::ops::reload::ReloadableSettings,
     store: Store,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),

@@ -587,7 +587,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
-    let live = pdrelay::ops::reload::LiveConfig::new(&config);
+    let live = pdrelay::ops::reload::ReloadableSettings::new(&config);
     let reload = {
         let (live, old) = (live.clone(), config.file.clone());
         move || -> Result<(), String> {

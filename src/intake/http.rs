@@ -98,14 +98,14 @@ pub struct HttpSettings {
     /// Bound on headers, then on the body, and on an idle keep-alive connection.
     pub request_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::ops::reload::LiveConfig,
+    pub live: crate::ops::reload::ReloadableSettings,
     /// Where the bound address is written (`state_dir/http.addr`).
     pub addr_file: PathBuf,
 }
 
 impl HttpSettings {
     /// The settings of a checked config; `None` when the listener is off.
-    pub fn from_config(config: &Config, live: &crate::ops::reload::LiveConfig) -> Option<HttpSettings> {
+    pub fn from_config(config: &Config, live: &crate::ops::reload::ReloadableSettings) -> Option<HttpSettings> {
         let http = &config.file.http;
         let tls = (!http.tls_cert.as_os_str().is_empty()).then(|| (http.tls_cert.clone(), http.tls_key.clone()));
         Some(HttpSettings {
@@ -205,7 +205,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// What every connection shares.
 struct Context {
     store: Store,
-    live: crate::ops::reload::LiveConfig,
+    live: crate::ops::reload::ReloadableSettings,
     request_timeout: Duration,
 }
 

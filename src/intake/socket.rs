@@ -85,7 +85,7 @@ pub struct SocketSettings {
     /// A line must be complete within this long of its first byte.
     pub line_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::ops::reload::LiveConfig,
+    pub live: crate::ops::reload::ReloadableSettings,
 }
 
 /// Binds a socket at `path`: creates its directory if missing (mode 0755 whatever the umask:

@@ -82,7 +82,7 @@ pub struct SpoolSettings {
     /// Longest line of a streamed `.ndjson` file, in bytes.
     pub max_line_bytes: usize,
     /// Defaults filled in at intake and the mapping of pagerduty_nagios.pl files (reloadable).
-    pub live: crate::ops::reload::LiveConfig,
+    pub live: crate::ops::reload::ReloadableSettings,
 }
 
 /// Whether a directory entry named `name` is a spool file to read: `*.json`, `*.ndjson`, or a

@@ -12,7 +12,7 @@ use crate::producers::nagios::NagiosSettings;
 
 /// One consistent set of reloadable settings.
 #[derive(Debug)]
-pub struct Live {
+pub struct SettingsSnapshot {
     /// Filled in at intake.
     pub defaults: IntakeDefaults,
     /// Nagios and pagerduty_nagios.pl mapping.
@@ -21,30 +21,30 @@ pub struct Live {
     pub retry: RetrySection,
 }
 
-/// A handle on the current [`Live`] settings; cheap to clone, read per event.
+/// A handle on the current reloadable settings ([`SettingsSnapshot`]); cheap to clone, read per event.
 #[derive(Clone, Debug)]
-pub struct LiveConfig(Arc<RwLock<Arc<Live>>>);
+pub struct ReloadableSettings(Arc<RwLock<Arc<SettingsSnapshot>>>);
 
-impl LiveConfig {
+impl ReloadableSettings {
     /// From a checked config.
-    pub fn new(config: &Config) -> LiveConfig {
-        LiveConfig(Arc::new(RwLock::new(Arc::new(Live::from(config)))))
+    pub fn new(config: &Config) -> ReloadableSettings {
+        ReloadableSettings(Arc::new(RwLock::new(Arc::new(SettingsSnapshot::from(config)))))
     }
 
     /// The current settings (a snapshot: later reloads do not change it).
-    pub fn get(&self) -> Arc<Live> {
+    pub fn get(&self) -> Arc<SettingsSnapshot> {
         self.0.read().expect("live settings lock").clone()
     }
 
     /// Takes the reloadable settings of `config`.
     pub fn replace(&self, config: &Config) {
-        *self.0.write().expect("live settings lock") = Arc::new(Live::from(config));
+        *self.0.write().expect("live settings lock") = Arc::new(SettingsSnapshot::from(config));
     }
 }
 
-impl From<&Config> for Live {
-    fn from(config: &Config) -> Live {
-        Live { defaults: config.defaults.clone(), nagios: config.nagios.clone(), retry: config.file.retry.clone() }
+impl From<&Config> for SettingsSnapshot {
+    fn from(config: &Config) -> SettingsSnapshot {
+        SettingsSnapshot { defaults: config.defaults.clone(), nagios: config.nagios.clone(), retry: config.file.retry.clone() }
     }
 }
 
