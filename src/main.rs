@@ -552,59 +552,11 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
 }
 
 fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| pdrelay::ops::logging::level_filter(&config.file.log_level));
-    // The filter sits behind a reload handle, so SIGHUP can change the log level.
-    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
-    use std::io::IsTerminal;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    // Under systemd, journald stamps each line itself and reads its priority from a `<N>` prefix:
-    // no timestamps, no colours, no padded level there.
-    let journald = pdrelay::ops::logging::stderr_is_journal();
-    let ansi = std::io::stderr().is_terminal() && !journald;
-    let registry = tracing_subscriber::registry().with(filter);
-    let json = config.file.log_format == "json";
-    if journald {
-        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
-        let format = tracing_subscriber::fmt::format().without_time().with_level(false).with_ansi(false);
-        if json {
-            let inner = tracing_subscriber::fmt::format().json().with_current_span(false);
-            registry
-                .with(
-                    layer
-                        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                        .event_format(pdrelay::ops::logging::Journald::new(inner, false)),
-                )
-                .init();
-        } else {
-            registry.with(layer.event_format(pdrelay::ops::logging::Journald::new(format, true))).init();
-        }
-    } else if json {
-        registry
-            .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
-            .init();
-    } else {
-        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
-    }
+    let filter_handle = pdrelay::ops::logging::init(&config.file.log_level, config.file.log_format == "json");
     let live = pdrelay::ops::reload::ReloadableSettings::new(&config);
     let reload = {
         let (live, old) = (live.clone(), config.file.clone());
-        move || -> Result<(), String> {
-            let new = Config::load(&path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
-            let restart = pdrelay::ops::reload::restart_needed(&old, &new.file);
-            if std::env::var_os("RUST_LOG").is_none() {
-                let level = pdrelay::ops::logging::level_filter(&new.file.log_level);
-                filter_handle.reload(level).map_err(|e| e.to_string())?;
-            }
-            live.replace(&new);
-            if restart.is_empty() {
-                tracing::info!("configuration reloaded");
-            } else {
-                tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
-            }
-            Ok(())
-        }
+        move || pdrelay::ops::reload::reload(&path, explicit, &old, &live, &filter_handle)
     };
     // Idle blocking threads are kept for a minute (tokio's default, 10 s, is shorter than the
     // default spool rescan interval, 30 s): each rescan then reuses the thread the last one used
@@ -634,14 +586,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         };
         // systemd (Type=notify): READY=1 once the store is open and the socket listens;
         // WATCHDOG=1 while the loops make progress (WatchdogSec in the unit).
-        let mut usec = 0u64;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| std::time::Duration::from_micros(usec));
-        let ready = || {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        };
-        let alive = || {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        };
+        let watchdog = pdrelay::ops::notify::watchdog_interval();
         // SIGHUP: reload what can change safely; a bad file keeps the running settings.
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             tokio::spawn(async move {
@@ -652,8 +597,16 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
                 }
             });
         }
-        let result = pdrelay::daemon::run(config, live, stop, ready, watchdog, alive).await;
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let result = pdrelay::daemon::run(
+            config,
+            live,
+            stop,
+            pdrelay::ops::notify::ready,
+            watchdog,
+            pdrelay::ops::notify::alive,
+        )
+        .await;
+        pdrelay::ops::notify::stopping();
         result
     });
     match result {

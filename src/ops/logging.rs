@@ -1,6 +1,7 @@
 //! Log output details the daemon needs under systemd: the `<N>` priority prefix journald reads
 //! from a service's stderr, the check that stderr really is the journal, and the default filter
-//! that keeps sled's per-write debug lines out of `log_level = "debug"`.
+//! that keeps sled's per-write debug lines out of `log_level = "debug"`; and [`init`], which sets
+//! the daemon's log output up once.
 
 use std::fmt;
 
@@ -9,6 +10,9 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+/// Changes the level filter of the running daemon's log (SIGHUP with a new `log_level`).
+pub type LevelHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// True when stderr is the journal stream systemd connected: `JOURNAL_STREAM` (`DEVICE:INODE`)
 /// names the same file as descriptor 2. A variable inherited by a process whose stderr was
@@ -81,6 +85,47 @@ where
         }
         self.inner.format_event(ctx, writer, event)
     }
+}
+
+/// Sets the daemon's log output up, once: to stderr, with the level of `RUST_LOG` or else
+/// `log_level` ([`level_filter`]); JSON lines when `json`. Under systemd (stderr is the journal,
+/// [`stderr_is_journal`]) each line starts with its `<N>` priority and has no time stamp, colour
+/// or padded level: journald adds its own. Returns the handle that changes the level later.
+pub fn init(log_level: &str, json: bool) -> LevelHandle {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level_filter(log_level));
+    // The filter sits behind a reload handle, so SIGHUP can change the log level.
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Under systemd, journald stamps each line itself and reads its priority from a `<N>` prefix:
+    // no timestamps, no colours, no padded level there.
+    let journald = stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !journald;
+    let registry = tracing_subscriber::registry().with(filter);
+    if journald {
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+        let format = tracing_subscriber::fmt::format().without_time().with_level(false).with_ansi(false);
+        if json {
+            let inner = tracing_subscriber::fmt::format().json().with_current_span(false);
+            registry
+                .with(
+                    layer
+                        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                        .event_format(Journald::new(inner, false)),
+                )
+                .init();
+        } else {
+            registry.with(layer.event_format(Journald::new(format, true))).init();
+        }
+    } else if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
+            .init();
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
+    }
+    filter_handle
 }
 
 #[cfg(test)]

@@ -44,7 +44,11 @@ impl ReloadableSettings {
 
 impl From<&Config> for SettingsSnapshot {
     fn from(config: &Config) -> SettingsSnapshot {
-        SettingsSnapshot { defaults: config.defaults.clone(), nagios: config.nagios.clone(), retry: config.file.retry.clone() }
+        SettingsSnapshot {
+            defaults: config.defaults.clone(),
+            nagios: config.nagios.clone(),
+            retry: config.file.retry.clone(),
+        }
     }
 }
 
@@ -100,4 +104,30 @@ pub fn restart_needed(old: &ConfigFile, new: &ConfigFile) -> Vec<&'static str> {
         keys.push("mapping.drop_repeated_triggers");
     }
     keys
+}
+
+/// Reads the configuration at `path` again and applies what SIGHUP may change: the log level
+/// (unless `RUST_LOG` is set) and the [`ReloadableSettings`]. A key whose change needs a restart
+/// is named in a warning and keeps its running value. `old` is the file the daemon started with.
+///
+/// Errors: the one-line reason the file was not taken (the running settings stay).
+pub fn reload(
+    path: &std::path::Path,
+    explicit: bool,
+    old: &ConfigFile,
+    live: &ReloadableSettings,
+    level: &crate::ops::logging::LevelHandle,
+) -> Result<(), String> {
+    let new = Config::load(path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
+    let restart = restart_needed(old, &new.file);
+    if std::env::var_os("RUST_LOG").is_none() {
+        level.reload(crate::ops::logging::level_filter(&new.file.log_level)).map_err(|e| e.to_string())?;
+    }
+    live.replace(&new);
+    if restart.is_empty() {
+        tracing::info!("configuration reloaded");
+    } else {
+        tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
+    }
+    Ok(())
 }
