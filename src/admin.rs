@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::UnixListener;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, RetentionSection};
+use crate::config::sections::RetentionSection;
+use crate::config::Config;
 use crate::intake::Shutdown;
 use crate::queue::record::{Record, State};
 use crate::queue::store::{now_ms, Store, StoreError};
@@ -690,7 +691,7 @@ pub fn call(config: &Config, request: AdminRequest) -> Result<AdminAnswer, Admin
             &config.queue_path(),
             socket,
             request,
-            crate::config::RateLimits::from_section(&config.file.delivery),
+            crate::config::sections::RateLimits::from_section(&config.file.delivery),
         ),
     }
 }
@@ -724,7 +725,7 @@ fn direct(
     queue: &Path,
     socket: &Path,
     request: AdminRequest,
-    limits: crate::config::RateLimits,
+    limits: crate::config::sections::RateLimits,
 ) -> Result<AdminAnswer, AdminError> {
     crate::queue::store::act_as_queue_owner(queue).map_err(|e| {
         AdminError::Failed(format!(
@@ -988,7 +989,7 @@ mod tests {
         events.extend((0..5).map(|n| trigger(&calm, n)));
         events.extend((0..50).map(|n| trigger(&fast, n)));
         store.insert(events).await.unwrap();
-        let mut limits = crate::config::RateLimits { default_per_min: 10, ..Default::default() };
+        let mut limits = crate::config::sections::RateLimits { default_per_min: 10, ..Default::default() };
         limits.per_key.insert(fast.clone(), 1000);
         store.set_rate_limits(limits);
         let AdminAnswer::Status(report) = execute(&store, AdminRequest::Status).await.unwrap() else {

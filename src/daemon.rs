@@ -188,7 +188,7 @@ async fn serve(
         metrics: Some(metrics.clone()),
         outage_after: file.delivery.outage_after,
         probe_interval: file.delivery.probe_interval,
-        rate_limits: crate::config::RateLimits::from_section(&file.delivery),
+        rate_limits: crate::config::sections::RateLimits::from_section(&file.delivery),
         drop_stale_pairs: file.delivery.drop_stale_pairs,
     };
     store.set_rate_limits(settings.rate_limits.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 
-use crate::config::RetrySection;
+use crate::config::sections::RetrySection;
 use crate::event::EventKind;
 use crate::pagerduty::client::Attempt;
 
