@@ -795,7 +795,7 @@ async fn enqueue(
 /// read; 503 otherwise.
 fn health(ctx: &Context) -> Response<Full<Bytes>> {
     let stamp = |s: Option<(u64, String)>, what: &str| match s {
-        Some((at, text)) => json!({"at": crate::admin::rfc3339(at), what: text}),
+        Some((at, text)) => json!({"at": crate::admin::protocol::rfc3339(at), what: text}),
         None => Value::Null,
     };
     match ctx.store.last_events() {

@@ -228,7 +228,7 @@ impl Metrics {
             if limit > 0 && n > u64::from(limit) {
                 throttled += 1;
                 let labels = KeyLabels { routing_key: crate::event::redact_routing_key(&rk) };
-                self.backlog.get_or_create(&labels).set(crate::admin::drain_seconds(n, limit) as i64);
+                self.backlog.get_or_create(&labels).set(crate::admin::server::drain_seconds(n, limit) as i64);
             }
         }
         self.throttled.set(throttled);

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::config::sections::{ConfigFile, DeliverySection, HttpSection, MAX_RATE_LIMIT};
+use crate::config::delivery::{DeliverySection, MAX_RATE_LIMIT};
+use crate::config::sections::{ConfigFile, HttpSection};
 use crate::event::RoutingKey;
 
 /// Checks `[delivery]`: the outage threshold, the probe interval and the rate limits.
@@ -263,7 +264,7 @@ pub(super) fn toml_problem(e: &toml::de::Error, line: Option<(usize, &str)>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sections::RateLimits;
+    use crate::config::delivery::RateLimits;
     use crate::config::{Config, ConfigError};
 
     #[test]

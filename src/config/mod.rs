@@ -9,6 +9,7 @@
 //! holds what the rest of the program uses: [`Config::load`], [`Config`] and [`ConfigError`].
 
 pub mod check;
+pub mod delivery;
 pub mod host;
 pub mod sections;
 
