@@ -1,4 +1,4 @@
-//! The value rules of a parsed [`ConfigFile`]: every number against its range ([`check_ranges`]),
+//! The value rules of a parsed [`ConfigFile`]: every number against its range (`check_ranges`),
 //! `[delivery]`, the two-way settings (REST API and `[ackback]`), `[http]`, and the one-line
 //! form of a TOML problem. Each check appends one `key: rule` line per problem, so that
 //! `check-config` reports every problem in one run.
