@@ -155,12 +155,12 @@ pub enum QueueCommand {
     List {
         /// Only events in this state.
         #[arg(long, value_enum)]
-        state: Option<crate::admin::ListState>,
+        state: Option<crate::admin::protocol::ListState>,
         /// Only events of this routing key (in full, or its first characters).
         #[arg(long = "routing-key", short = 'k')]
         routing_key: Option<String>,
         /// At most this many.
-        #[arg(long, default_value_t = crate::admin::DEFAULT_LIST_LIMIT)]
+        #[arg(long, default_value_t = crate::admin::protocol::DEFAULT_LIST_LIMIT)]
         limit: usize,
     },
     /// One event in full: the event, its attempts, the last response.
@@ -191,7 +191,7 @@ pub enum QueueCommand {
     Purge {
         /// Which records.
         #[arg(long, value_enum)]
-        state: crate::admin::PurgeState,
+        state: crate::admin::protocol::PurgeState,
         /// Only those finished at least this long ago, e.g. 7d, 12h.
         #[arg(long = "older-than", value_parser = humantime::parse_duration)]
         older_than: Option<std::time::Duration>,

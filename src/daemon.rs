@@ -154,9 +154,14 @@ async fn serve(
     let socket_task = tokio::spawn(socket::run(listener, socket_settings, store.clone(), shutdown.clone()));
     let http_task = http_listener
         .map(|(listener, settings)| tokio::spawn(http::run(listener, settings, store.clone(), shutdown.clone())));
-    let admin_task =
-        tokio::spawn(admin::serve(admin_listener, file.ingest.admin_socket.clone(), store.clone(), shutdown.clone()));
-    let retention_task = tokio::spawn(admin::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        file.ingest.admin_socket.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let retention_task =
+        tokio::spawn(admin::retention::run_retention(store.clone(), file.retention.clone(), shutdown.clone()));
     let reconcile_task = start_reconciliation(config, &store, &shutdown);
     let failing: Arc<std::sync::atomic::AtomicBool> = Default::default();
     let heartbeat_task = tokio::spawn(crate::delivery::heartbeat::run(
@@ -189,7 +194,7 @@ async fn serve(
         metrics: Some(metrics.clone()),
         outage_after: file.delivery.outage_after,
         probe_interval: file.delivery.probe_interval,
-        rate_limits: crate::config::RateLimits::from_section(&file.delivery),
+        rate_limits: crate::config::delivery::RateLimits::from_section(&file.delivery),
         drop_stale_pairs: file.delivery.drop_stale_pairs,
     };
     store.set_rate_limits(settings.rate_limits.clone());

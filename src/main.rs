@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pdrelay::admin::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
+use pdrelay::admin::protocol::{self, AdminAnswer, AdminError, AdminRequest, RetryTarget};
+use pdrelay::admin::{self, render::render};
 use pdrelay::cli::{
     Cli, Command, ImportPdagentArgs, NagiosArgs, QueueCommand, RouteCommand, SendArgs, SensuArgs, SilenceCommand,
     ZabbixArgs,
@@ -197,21 +198,21 @@ fn run_queue(config: &Config, command: QueueCommand, json: bool, pdagent_output:
 /// how many it removed (`--json`: the count only, as before).
 fn run_purge(
     config: &Config,
-    state: admin::PurgeState,
+    state: protocol::PurgeState,
     older_than: Option<std::time::Duration>,
     json: bool,
 ) -> ExitCode {
     let word = match state {
-        admin::PurgeState::Failed => "failed",
-        admin::PurgeState::Delivered => "delivered",
-        admin::PurgeState::Superseded => "superseded",
+        protocol::PurgeState::Failed => "failed",
+        protocol::PurgeState::Delivered => "delivered",
+        protocol::PurgeState::Superseded => "superseded",
     };
     if !json {
         if let Ok(AdminAnswer::Status(report)) = admin::call(config, AdminRequest::Status) {
             let held = match state {
-                admin::PurgeState::Failed => report.total.failed,
-                admin::PurgeState::Delivered => report.total.delivered,
-                admin::PurgeState::Superseded => report.total.superseded,
+                protocol::PurgeState::Failed => report.total.failed,
+                protocol::PurgeState::Delivered => report.total.delivered,
+                protocol::PurgeState::Superseded => report.total.superseded,
             };
             let which = match older_than {
                 Some(d) => format!("those finished over {} ago", humantime::format_duration(d)),
@@ -266,7 +267,7 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
     } else if pdagent_output {
         print!("{}", pdagent::render_pd_queue_status(&report));
     } else {
-        print!("{}", admin::render(&AdminAnswer::Status(report)));
+        print!("{}", render(&AdminAnswer::Status(report)));
         // Drop-files are not in the queue until the daemon reads them: say so when some wait
         // (the daemon may be stopped, or behind).
         for (dir, count) in spool_waiting(config) {
@@ -340,7 +341,7 @@ fn run_admin(config: &Config, request: AdminRequest, json: bool, what: &str, pd_
             } else if let (true, AdminAnswer::Changed(n)) = (pd_queue_retry, &answer) {
                 println!("{}", pdagent::pd_queue_retry_line(*n));
             } else {
-                print!("{}", admin::render(&answer));
+                print!("{}", render(&answer));
             }
             ExitCode::SUCCESS
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 
-use crate::config::RetrySection;
+use crate::config::sections::RetrySection;
 use crate::delivery::client::Attempt;
 use crate::event::EventKind;
 

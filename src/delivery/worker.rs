@@ -98,7 +98,7 @@ pub struct DeliverySettings {
     /// Time between probes during an outage (`delivery.probe_interval`), jittered +-20%.
     pub probe_interval: Duration,
     /// Events a minute per routing key (`delivery.rate_limit`, `rate_limits`).
-    pub rate_limits: crate::config::RateLimits,
+    pub rate_limits: crate::config::delivery::RateLimits,
     /// `delivery.drop_stale_pairs`.
     pub drop_stale_pairs: bool,
 }

@@ -34,7 +34,7 @@ fn queue_gauges(store: &Store) -> QueueGauges {
     for (rk, n) in store.pending_by_key() {
         let limit = limits.of(&rk);
         if limit > 0 && n > u64::from(limit) {
-            let seconds = crate::admin::drain_seconds(n, limit);
+            let seconds = crate::config::delivery::drain_seconds(n, limit);
             throttled.push((rk, seconds));
         }
     }

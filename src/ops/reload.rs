@@ -6,7 +6,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::config::{Config, ConfigFile, RetrySection};
+use crate::config::sections::{ConfigFile, RetrySection};
+use crate::config::Config;
 use crate::event::IntakeDefaults;
 use crate::producers::nagios::NagiosSettings;
 

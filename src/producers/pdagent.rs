@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::admin::{Counts, StatusReport};
+use crate::admin::protocol::{Counts, StatusReport};
 use crate::event::{Event, EventError, IntakeDefaults};
 use crate::producers::send::{Handed, SendError, Sent};
 

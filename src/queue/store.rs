@@ -526,7 +526,7 @@ struct Inner {
     /// Set by a send-now request until the dispatcher takes it.
     send_now: std::sync::atomic::AtomicBool,
     /// The proactive rate limits, for status and metrics (set by the daemon).
-    rate_limits: Mutex<crate::config::RateLimits>,
+    rate_limits: Mutex<crate::config::delivery::RateLimits>,
     /// Since when (ms since the epoch) the dispatcher holds PagerDuty for unreachable; 0: not.
     outage_since: AtomicU64,
     /// Routes and flap damping, applied at acceptance (set by the daemon).
@@ -723,8 +723,8 @@ impl Store {
             send_now: std::sync::atomic::AtomicBool::new(false),
             outage_since: AtomicU64::new(0),
             policy: Mutex::new(Arc::default()),
-            rate_limits: Mutex::new(crate::config::RateLimits {
-                default_per_min: crate::config::DEFAULT_RATE_LIMIT,
+            rate_limits: Mutex::new(crate::config::delivery::RateLimits {
+                default_per_min: crate::config::delivery::DEFAULT_RATE_LIMIT,
                 ..Default::default()
             }),
         });
@@ -1066,7 +1066,7 @@ impl Store {
     }
 
     /// Sets the proactive rate limits that status and metrics report against.
-    pub fn set_rate_limits(&self, limits: crate::config::RateLimits) {
+    pub fn set_rate_limits(&self, limits: crate::config::delivery::RateLimits) {
         *self.inner.rate_limits.lock().expect("rate limits lock") = limits;
     }
 
@@ -1082,7 +1082,7 @@ impl Store {
     }
 
     /// The proactive rate limits (PagerDuty's default until set).
-    pub fn rate_limits(&self) -> crate::config::RateLimits {
+    pub fn rate_limits(&self) -> crate::config::delivery::RateLimits {
         self.inner.rate_limits.lock().expect("rate limits lock").clone()
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::config::AckBackSection;
+use crate::config::sections::AckBackSection;
 use crate::queue::store::Store;
 use crate::queue::view::PagerDutyView;
 

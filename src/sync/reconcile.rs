@@ -2,13 +2,13 @@
 //!
 //! Off unless `[pagerduty] rest_api_key` (or `rest_api_key_file`) is set. Every
 //! `reconcile_interval`, and at `pdrelay alerts --refresh`, it reads from PagerDuty's REST API
-//! (`pagerduty::rest`) the newest incident of each *unsettled* tracked dedup key, and stores
+//! (`sync::rest`) the newest incident of each *unsettled* tracked dedup key, and stores
 //! PagerDuty's side beside pdrelay's ([`PagerDutyView`]). Unsettled: open here, or open in
 //! PagerDuty when last read, or resolved here after the last read. A key resolved on both sides
 //! costs nothing more. `pdrelay alerts` shows both sides and [`disagreement`]s.
 //!
 //! Owns: which keys to read ([`plan`]), turning incidents into views ([`read_views`]), the
-//! daemon's loop ([`run`]). Does not own: HTTP (`pagerduty::rest`), storage (`queue`), passing
+//! daemon's loop ([`run`]). Does not own: HTTP (`sync::rest`), storage (`queue`), passing
 //! acknowledgements back (`ackback`).
 
 use std::collections::HashMap;
