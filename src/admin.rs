@@ -17,8 +17,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, RetentionSection};
 use crate::intake::Shutdown;
+use crate::queue::clock::now_ms;
+use crate::queue::error::StoreError;
 use crate::queue::record::{Record, State};
-use crate::queue::store::{now_ms, Store, StoreError};
+use crate::queue::store::Store;
 
 /// Longest admin request line, in bytes.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -233,7 +235,7 @@ pub enum AdminAnswer {
     /// For `ledger`: every tracked key and PagerDuty's views.
     Ledger {
         /// Dedup-key tracking (full routing keys).
-        alerts: Vec<crate::queue::store::AlertState>,
+        alerts: Vec<crate::queue::alerts::AlertState>,
         /// PagerDuty's side.
         views: Vec<crate::queue::view::PagerDutyView>,
     },
@@ -615,7 +617,7 @@ async fn resend_resolves(store: &Store) -> Result<AdminAnswer, AdminError> {
         let event =
             crate::event::Event::from_json(body.to_string().as_bytes(), &crate::event::IntakeDefaults::default())
                 .map_err(|e| AdminError::Failed(format!("dedup_key {}: {e}", crate::text::escaped(&a.dedup_key))))?;
-        events.push(crate::queue::store::NewEvent { id: None, intake: "send", event });
+        events.push(crate::queue::request::NewEvent { id: None, intake: "send", event });
     }
     let n = events.len();
     if n > 0 {
@@ -726,7 +728,7 @@ fn direct(
     request: AdminRequest,
     limits: crate::config::RateLimits,
 ) -> Result<AdminAnswer, AdminError> {
-    crate::queue::store::act_as_queue_owner(queue).map_err(|e| {
+    crate::queue::disk::act_as_queue_owner(queue).map_err(|e| {
         AdminError::Failed(format!(
             "cannot act as the owner of {} (root runs queue commands as the daemon's user, so the queue stays usable by it): {e}",
             queue.display()
@@ -966,7 +968,7 @@ pub fn render(answer: &AdminAnswer) -> String {
 mod tests {
     use super::*;
     use crate::event::{Event, IntakeDefaults};
-    use crate::queue::store::NewEvent;
+    use crate::queue::request::NewEvent;
 
     fn trigger(rk: &str, n: usize) -> NewEvent {
         let text = format!(

@@ -261,7 +261,7 @@ pub struct QueueSection {
 
 impl Default for QueueSection {
     fn default() -> Self {
-        let limits = crate::queue::store::Limits::default();
+        let limits = crate::queue::shared::Limits::default();
         QueueSection { max_pending: limits.max_pending, min_free_bytes: limits.min_free_bytes, dispatch_window: 20_000 }
     }
 }

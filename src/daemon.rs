@@ -16,7 +16,8 @@ use crate::delivery::worker::{self, DeliverySettings};
 use crate::http::{self, HttpSettings};
 use crate::intake::{socket, spool, Shutdown};
 use crate::pagerduty::client::EventsClient;
-use crate::queue::store::{Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::store::Store;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ pub async fn run(
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
     store.set_repeat_trigger_window(config.file.mapping.drop_repeated_triggers);
-    store.set_limits(crate::queue::store::Limits {
+    store.set_limits(crate::queue::shared::Limits {
         max_pending: config.file.queue.max_pending,
         min_free_bytes: config.file.queue.min_free_bytes,
     });
@@ -98,7 +99,7 @@ async fn serve(
     let (trigger, shutdown) = Shutdown::new();
     let metrics = crate::metrics::Metrics::new();
     store.set_metrics(metrics.clone());
-    let watch = Arc::new(crate::heartbeat::Watch::new(config.expected_senders.clone(), crate::queue::store::now_ms()));
+    let watch = Arc::new(crate::heartbeat::Watch::new(config.expected_senders.clone(), crate::queue::clock::now_ms()));
     // Before any intake starts: every accepted event is routed.
     store.set_policy(crate::queue::policy::Policy {
         router: config.router.clone(),
@@ -283,7 +284,7 @@ async fn run_watchdog(
         // The stamp of the loop's turn for this probe, or for an earlier one: a loop stuck for a
         // whole period leaves it older than that.
         let last = heartbeat.1.load(std::sync::atomic::Ordering::Relaxed);
-        let dispatcher_ok = crate::queue::store::now_ms().saturating_sub(last) < period.as_millis() as u64;
+        let dispatcher_ok = crate::queue::clock::now_ms().saturating_sub(last) < period.as_millis() as u64;
         if committer_ok && dispatcher_ok {
             alive();
         } else {

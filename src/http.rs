@@ -58,7 +58,9 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::event::{Event, EventKind, IntakeDefaults, MAX_REQUEST_BYTES};
 use crate::intake::Shutdown;
-use crate::queue::store::{NewEvent, Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::request::NewEvent;
+use crate::queue::store::Store;
 
 /// Name of the file, in `state_dir`, that holds the listener's bound address while it runs.
 pub const ADDR_FILE: &str = "http.addr";

@@ -104,7 +104,7 @@ fn new_silence(
     comment: String,
     created_by: Option<String>,
 ) -> Result<pdrelay::silence::Silence, String> {
-    let now = pdrelay::queue::store::now_ms();
+    let now = pdrelay::queue::clock::now_ms();
     let parse = |field: &str, text: &str| {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
@@ -291,7 +291,7 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
 }
 
 fn run_salvage(config: &Config, json: bool) -> ExitCode {
-    if let Err(e) = pdrelay::queue::store::act_as_queue_owner(&config.queue_path()) {
+    if let Err(e) = pdrelay::queue::disk::act_as_queue_owner(&config.queue_path()) {
         eprintln!(
             "pdrelay queue salvage: cannot act as the owner of {} (root salvages as the daemon's user, so the \
              rebuilt queue stays usable by it): {e}",

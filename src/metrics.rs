@@ -28,7 +28,8 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::intake::Shutdown;
-use crate::queue::store::{now_ms, Store};
+use crate::queue::clock::now_ms;
+use crate::queue::store::Store;
 
 /// Labels of `pdrelay_deliveries_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -307,7 +308,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::event::{Event, IntakeDefaults};
-    use crate::queue::store::NewEvent;
+    use crate::queue::request::NewEvent;
 
     #[tokio::test]
     async fn throttled_keys_and_their_backlog_time_are_exported() {

@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::event::EventAction;
 use crate::intake::Shutdown;
 use crate::pagerduty::rest::{RestClient, RestError};
-use crate::queue::store::{now_ms, AlertState, Store};
+use crate::queue::alerts::AlertState;
+use crate::queue::clock::now_ms;
+use crate::queue::store::Store;
 use crate::queue::view::PagerDutyView;
 #[cfg(test)]
 use crate::queue::view::{OPEN_HERE_NONE_THERE, OPEN_HERE_RESOLVED_THERE, RESOLVED_HERE_OPEN_THERE};

@@ -16,7 +16,9 @@ use crate::event::Event;
 use crate::heartbeat::{alert_json, dedup_key, Watch, INTAKE};
 use crate::intake::Shutdown;
 use crate::pagerduty::client::EventsClient;
-use crate::queue::store::{now_ms, NewEvent, Store};
+use crate::queue::clock::now_ms;
+use crate::queue::request::NewEvent;
+use crate::queue::store::Store;
 
 /// What the task needs.
 pub struct HeartbeatSettings {

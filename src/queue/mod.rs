@@ -32,10 +32,21 @@
 //! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
 //! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
 
+pub mod alerts;
+pub mod clock;
+pub mod committer;
+pub mod disk;
+pub mod error;
+pub mod keys;
+pub mod mark;
 pub mod policy;
+pub mod prepare;
 pub mod record;
+pub mod request;
+pub mod shared;
 pub mod store;
 pub mod view;
 
+pub use error::StoreError;
 pub use record::{Record, State};
-pub use store::{Store, StoreError};
+pub use store::Store;
