@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use super::error::StoreError;
 use super::keys::alert_key;
-use super::shared::Inner;
 use crate::event::{Event, EventAction};
 
 /// What this host last told PagerDuty about one dedup key (dedup-key tracking).
@@ -36,7 +35,7 @@ impl AlertState {
 /// The open alert a trigger repeats (same routing key, dedup key and summary, last delivered
 /// within `window_ms`), if any.
 pub(super) fn repeated_trigger(
-    inner: &Inner,
+    tree: &sled::Tree,
     event: &Event,
     now: u64,
     window_ms: u64,
@@ -46,15 +45,17 @@ pub(super) fn repeated_trigger(
     let k = alert_key(event.routing_key().as_str(), dedup);
     let state = match alerts.get(&k) {
         Some(s) => Some(s.clone()),
-        None => inner.tree.get(&k)?.and_then(|v| serde_json::from_slice::<AlertState>(&v).ok()),
+        None => tree.get(&k)?.and_then(|v| serde_json::from_slice::<AlertState>(&v).ok()),
     };
     Ok(state
         .filter(|s| s.is_open() && now.saturating_sub(s.at_ms) < window_ms && s.summary.as_deref() == event.summary()))
 }
 
-pub(super) fn forget_resolved(inner: &Inner, before_ms: u64, batch: &mut sled::Batch) -> Result<usize, StoreError> {
+/// Removes (in `batch`) the tracking of resolved alerts whose resolve was delivered before
+/// `before_ms` (ms since the epoch); returns how many.
+pub(super) fn forget_resolved(tree: &sled::Tree, before_ms: u64, batch: &mut sled::Batch) -> Result<usize, StoreError> {
     let mut n = 0;
-    for item in inner.tree.scan_prefix([b'a']) {
+    for item in tree.scan_prefix([b'a']) {
         let (k, v) = item?;
         if let Ok(state) = serde_json::from_slice::<AlertState>(&v) {
             if !state.is_open() && state.at_ms < before_ms {

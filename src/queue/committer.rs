@@ -209,7 +209,9 @@ pub(super) fn committer(
                     }
                     changed.map(|e| Reply::Changed(e.len()))
                 }
-                Op::ForgetResolved(before_ms) => forget_resolved(inner, before_ms, &mut batch).map(Reply::Changed),
+                Op::ForgetResolved(before_ms) => {
+                    forget_resolved(&inner.tree, before_ms, &mut batch).map(Reply::Changed)
+                }
                 Op::PutViews(views) => put_views(inner, views, &mut batch).map(Reply::Changed),
                 Op::Ping => Ok(Reply::Done),
                 Op::Put(writes) => {

@@ -17,10 +17,12 @@
 use super::error::StoreError;
 use super::record::Record;
 
+/// The big-endian u64 stored at `k`, if any (a value of another length reads as none).
 pub(super) fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(tree.get(k)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
 }
 
+/// A sequence-numbered key: `prefix`, then `seq` big-endian (`e` records, legacy `p` entries).
 pub(super) fn key(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
@@ -71,6 +73,7 @@ pub(super) fn seq_of_id(tree: &sled::Tree, id: &str) -> Result<Option<u64>, Stor
     }
 }
 
+/// The id-index key of a producer-chosen id.
 pub(super) fn id_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(b'i');
@@ -78,6 +81,7 @@ pub(super) fn id_key(id: &str) -> Vec<u8> {
     k
 }
 
+/// The key of a routing key's pause.
 pub(super) fn pause_key(routing_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + routing_key.len());
     k.push(b'k');
@@ -85,6 +89,7 @@ pub(super) fn pause_key(routing_key: &str) -> Vec<u8> {
     k
 }
 
+/// The key of the stored silence `id`.
 pub(super) fn silence_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(b's');
@@ -92,6 +97,7 @@ pub(super) fn silence_key(id: &str) -> Vec<u8> {
     k
 }
 
+/// The key of the store's own entry `name` (`commit`, `next_seq`, `last_success`, `last_error`).
 pub(super) fn meta_key(name: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(b'm');
@@ -99,14 +105,17 @@ pub(super) fn meta_key(name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The sequence number in a key made by [`key`].
 pub(super) fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[1..9].try_into().expect("sequence keys are 9 bytes"))
 }
 
+/// The dedup-key tracking key of one alert.
 pub(super) fn alert_key(routing_key: &str, dedup_key: &str) -> Vec<u8> {
     prefixed_key(b'a', routing_key, dedup_key)
 }
 
+/// `prefix`, the routing key, a 0 byte, the dedup key: the `a` and `v` keys.
 pub(super) fn prefixed_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
     k.push(prefix);

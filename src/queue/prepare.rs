@@ -36,7 +36,7 @@ pub(super) fn prepare_insert(
     let policy = inner.policy.lock().expect("policy lock").clone();
     for mut new in events {
         if window > 0 {
-            if let Some(open) = repeated_trigger(inner, &new.event, now, window, alerts)? {
+            if let Some(open) = repeated_trigger(&inner.tree, &new.event, now, window, alerts)? {
                 accepted.push(Accepted { id: open.event_id, seq: 0, dedup_key: Some(open.dedup_key) });
                 continue;
             }

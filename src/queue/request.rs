@@ -7,7 +7,7 @@ use super::error::StoreError;
 use super::view::PagerDutyView;
 use crate::event::{Event, RoutingKey};
 
-/// An event handed to [`Store::insert`].
+/// An event handed to `Store::insert`.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     /// A producer-chosen id (a UUID), so that a retried hand-over stores the event once; `None`
@@ -19,7 +19,7 @@ pub struct NewEvent {
     pub event: Event,
 }
 
-/// What [`Store::insert`] gives back for each event.
+/// What `Store::insert` gives back for each event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// Public id.

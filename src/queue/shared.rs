@@ -25,6 +25,8 @@ impl Default for Limits {
     }
 }
 
+/// What every `Store` clone and the committer thread share: the database, the channel to the
+/// committer, and the counts and settings kept in memory.
 pub(super) struct Inner {
     pub(super) tree: sled::Tree,
     pub(super) db: sled::Db,

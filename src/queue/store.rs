@@ -1,7 +1,7 @@
 //! The store handle the other stages use: opening the queue (with the commit-mark check and the
 //! counts by state), handing writes to the committer thread, and reading straight from sled.
-//! The committer is in `committer`, what each write stores in `prepare`, the key layout in
-//! `keys`.
+//! The committer is in [`committer`](super::committer), what each write stores in
+//! [`prepare`](super::prepare), the key layout in [`keys`](super::keys).
 
 use std::collections::HashMap;
 use std::fs::File;
