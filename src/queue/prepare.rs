@@ -17,6 +17,9 @@ use super::shared::Inner;
 use super::view::{merge_view, PagerDutyView};
 use crate::event::{Event, EventAction};
 
+/// Puts new events in `batch`: a repeated trigger or an id already stored answers with the
+/// earlier acceptance; the others get a sequence number, an id, the acceptance time and the
+/// paging policy. Adds to the commit's tallies passed in.
 #[allow(clippy::too_many_arguments)] // one commit's running tallies, passed by the committer
 pub(super) fn prepare_insert(
     inner: &Inner,
@@ -185,6 +188,8 @@ fn same_event(stored: &Event, new: &Event) -> bool {
     }
 }
 
+/// Records the outcome of an attempt on record `seq` in `batch` (and, for a delivered event with a
+/// dedup key, its alert state). `Ok(false)` when the record had left pending in the meantime.
 pub(super) fn prepare_outcome(
     inner: &Inner,
     seq: u64,
@@ -277,6 +282,7 @@ pub(super) fn prepare_outcome(
     Ok(true)
 }
 
+/// An operator's change to records (`pdrelay queue retry`, `retry --waiting`, expiry, purge).
 #[derive(Clone, Copy)]
 pub(super) enum AdminChange {
     Retry,
@@ -343,6 +349,7 @@ pub(super) fn prepare_admin(
     Ok(changed)
 }
 
+/// Writes (`true`) or removes (`false`) PagerDuty's views in `batch`; returns how many.
 pub(super) fn put_views(
     inner: &Inner,
     views: Vec<(PagerDutyView, bool)>,
