@@ -17,7 +17,8 @@ use crate::delivery::worker::{self, DeliverySettings};
 use crate::intake::http::{self, HttpSettings};
 use crate::intake::{socket, spool};
 use crate::ops::shutdown::Shutdown;
-use crate::queue::store::{Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::store::Store;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ pub async fn run(
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
     store.set_repeat_trigger_window(config.file.mapping.drop_repeated_triggers);
-    store.set_limits(crate::queue::store::Limits {
+    store.set_limits(crate::queue::shared::Limits {
         max_pending: config.file.queue.max_pending,
         min_free_bytes: config.file.queue.min_free_bytes,
     });

@@ -292,7 +292,7 @@ fn run_status(config: &Config, routing_key: Option<&str>, json: bool, pdagent_ou
 }
 
 fn run_salvage(config: &Config, json: bool) -> ExitCode {
-    if let Err(e) = pdrelay::queue::store::act_as_queue_owner(&config.queue_path()) {
+    if let Err(e) = pdrelay::queue::disk::act_as_queue_owner(&config.queue_path()) {
         eprintln!(
             "pdrelay queue salvage: cannot act as the owner of {} (root salvages as the daemon's user, so the \
              rebuilt queue stays usable by it): {e}",

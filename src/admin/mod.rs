@@ -21,7 +21,8 @@ use std::time::Duration;
 use crate::admin::protocol::{AdminAnswer, AdminError, AdminReply, AdminRequest};
 use crate::admin::server::execute;
 use crate::config::Config;
-use crate::queue::store::{Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::store::Store;
 
 /// Carries out `request` for the CLI: through the running daemon's admin socket, or on the
 /// store directly when no daemon runs.
@@ -73,7 +74,7 @@ fn direct(
     request: AdminRequest,
     limits: crate::config::delivery::RateLimits,
 ) -> Result<AdminAnswer, AdminError> {
-    crate::queue::store::act_as_queue_owner(queue).map_err(|e| {
+    crate::queue::disk::act_as_queue_owner(queue).map_err(|e| {
         AdminError::Failed(format!(
             "cannot act as the owner of {} (root runs queue commands as the daemon's user, so the queue stays usable by it): {e}",
             queue.display()

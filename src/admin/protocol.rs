@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::error::StoreError;
 use crate::queue::record::{Record, State};
-use crate::queue::store::StoreError;
 
 /// Most records a `list` returns unless asked for more.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;
@@ -219,7 +219,7 @@ pub enum AdminAnswer {
     /// For `ledger`: every tracked key and PagerDuty's views.
     Ledger {
         /// Dedup-key tracking (full routing keys).
-        alerts: Vec<crate::queue::store::AlertState>,
+        alerts: Vec<crate::queue::alerts::AlertState>,
         /// PagerDuty's side.
         views: Vec<crate::queue::view::PagerDutyView>,
     },

@@ -3,10 +3,12 @@
 
 use tracing::{error, info, warn};
 
+use crate::clock::now_ms;
 use crate::config::sections::RetentionSection;
 use crate::ops::shutdown::Shutdown;
+use crate::queue::error::StoreError;
 use crate::queue::record::State;
-use crate::queue::store::{now_ms, Store, StoreError};
+use crate::queue::store::Store;
 
 /// Sequence numbers of the records in `state` finished (last attempted, or accepted) at or
 /// before `cutoff_ms` (ms since the epoch); unreadable records are skipped.

@@ -15,10 +15,12 @@ use crate::admin::protocol::{
     RecordSummary, RetryTarget, StatusReport, Throttled,
 };
 use crate::admin::retention::finished_before;
+use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::ops::shutdown::Shutdown;
+use crate::queue::error::StoreError;
 use crate::queue::record::{Record, State};
-use crate::queue::store::{now_ms, Store, StoreError};
+use crate::queue::store::Store;
 
 /// Longest admin request line, in bytes.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -240,7 +242,7 @@ async fn resend_resolves(store: &Store) -> Result<AdminAnswer, AdminError> {
         let event =
             crate::event::Event::from_json(body.to_string().as_bytes(), &crate::event::IntakeDefaults::default())
                 .map_err(|e| AdminError::Failed(format!("dedup_key {}: {e}", crate::text::escaped(&a.dedup_key))))?;
-        events.push(crate::queue::store::NewEvent { id: None, intake: "send", event });
+        events.push(crate::queue::request::NewEvent { id: None, intake: "send", event });
     }
     let n = events.len();
     if n > 0 {
@@ -306,7 +308,7 @@ mod tests {
     use super::*;
     use crate::admin::render::render;
     use crate::event::{Event, IntakeDefaults};
-    use crate::queue::store::NewEvent;
+    use crate::queue::request::NewEvent;
 
     fn trigger(rk: &str, n: usize) -> NewEvent {
         let text = format!(

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::clock::now_ms;
 use crate::delivery::client::EventsClient;
 use crate::event::Event;
 use crate::ops::shutdown::Shutdown;
-use crate::queue::store::{now_ms, NewEvent, Store};
+use crate::queue::request::NewEvent;
+use crate::queue::store::Store;
 use crate::rules::heartbeat::{alert_json, dedup_key, Watch, INTAKE};
 
 /// What the task needs.

@@ -56,10 +56,13 @@ use tracing::{debug, error, info, warn};
 
 use super::retry::{classify, probe_delay, retry_delay, systemic, Decision};
 
+use crate::clock::now_ms;
 use crate::delivery::client::{Attempt, EventsClient};
 use crate::event::{redact_routing_key, EventAction};
+use crate::queue::error::StoreError;
 use crate::queue::record::{Record, State};
-use crate::queue::store::{now_ms, Outcome, PendingEntry, Store, StoreError};
+use crate::queue::request::{Outcome, PendingEntry};
+use crate::queue::store::Store;
 
 /// Most pending entries read from the store per scan step.
 const SCAN_CHUNK: usize = 10_000;

@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::event::Event;
 use crate::ops::shutdown::Shutdown;
-use crate::queue::store::{InsertTicket, NewEvent, Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::request::{InsertTicket, NewEvent};
+use crate::queue::store::Store;
 
 /// How long, and how many bytes, a closing connection reads and discards (lingering close).
 const LINGER: Duration = Duration::from_secs(1);

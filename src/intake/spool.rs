@@ -49,7 +49,9 @@ use tracing::{debug, error, info, warn};
 use crate::event::{Event, IntakeDefaults};
 use crate::ops::shutdown::Shutdown;
 use crate::producers::nagios::{map, parse_pl_spool_file, Mapped, NagiosSettings};
-use crate::queue::store::{NewEvent, Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::request::NewEvent;
+use crate::queue::store::Store;
 use crate::text::Escaped;
 
 /// Name of the quarantine directory inside each spool directory.

@@ -119,7 +119,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::event::{Event, IntakeDefaults};
-    use crate::queue::store::NewEvent;
+    use crate::queue::request::NewEvent;
 
     #[tokio::test]
     async fn throttled_keys_and_their_backlog_time_are_exported() {

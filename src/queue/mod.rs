@@ -2,8 +2,15 @@
 //! routing keys, in one sled database under `<state_dir>/queue`.
 //!
 //! Owns: the on-disk record format ([`record`]) and every write to the database, made by one
-//! committer thread in group commits ([`store`]), including the paging policy applied as events
+//! committer thread in group commits ([`committer`]), including the paging policy applied as events
 //! are accepted ([`policy`]: routes, silences, flap damping). Does not own: when to send (see `delivery`).
+//!
+//! Files, from the handle down: [`store`] (the `Store` handle other stages use: open, submit,
+//! read), [`committer`] (group commit, fsyncs), [`prepare`] (what each request writes into a
+//! commit), [`mark`] (commit mark, salvage), [`alerts`] (the open-alerts ledger), [`shared`]
+//! (state the handle and the committer share, intake limits), [`request`] (what is handed in and
+//! answered), [`keys`] (the key layout and event ids), [`disk`] (opening sled, fsync and
+//! file-mode helpers), [`error`], and [`record`], [`view`], [`policy`].
 //!
 //! # Why an acknowledged event survives `kill -9` and a power cut
 //!
@@ -31,11 +38,24 @@
 //! daemon (exit code 3) and `pdrelay queue salvage` moves the damaged queue aside and rebuilds it
 //! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
 //! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
+//!
+//! Steps 1 to 4 are the committer's ([`committer`]); the mark, its check and salvage are in
+//! [`mark`], and [`store::Store::open`] refuses a queue that holds less than the mark.
 
+pub mod alerts;
+pub mod committer;
+pub mod disk;
+pub mod error;
+pub mod keys;
+pub mod mark;
 pub mod policy;
+pub mod prepare;
 pub mod record;
+pub mod request;
+pub mod shared;
 pub mod store;
 pub mod view;
 
+pub use error::StoreError;
 pub use record::{Record, State};
-pub use store::{Store, StoreError};
+pub use store::Store;

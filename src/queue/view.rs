@@ -68,3 +68,55 @@ impl PagerDutyView {
         format!("{}@{}", self.incident_id.as_deref().unwrap_or(""), self.changed_at.as_deref().unwrap_or(""))
     }
 }
+
+/// What to store when `new` is written over `old`: the newer read wins (two passes may overlap:
+/// the daemon's and `alerts --refresh`), and an ack-back mark is never lost, so an
+/// acknowledgement is passed back once.
+pub(super) fn merge_view(old: Option<PagerDutyView>, new: PagerDutyView) -> PagerDutyView {
+    match old {
+        None => new,
+        Some(mut old) if old.checked_ms > new.checked_ms => {
+            if new.acked_back.is_some() {
+                old.acked_back = new.acked_back;
+            }
+            old
+        }
+        Some(old) => PagerDutyView { acked_back: new.acked_back.or(old.acked_back), ..new },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::store::Store;
+
+    #[tokio::test]
+    async fn pagerduty_views_survive_a_reopen_newer_reads_win_and_marks_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = |status: &str, checked_ms: u64, mark: Option<&str>| PagerDutyView {
+            routing_key: "R".into(),
+            dedup_key: "k".into(),
+            status: status.into(),
+            incident_id: Some("P1".into()),
+            html_url: None,
+            by: None,
+            changed_at: None,
+            checked_ms,
+            acked_back: mark.map(str::to_owned),
+        };
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        store.put_pagerduty_views(vec![(view("acknowledged", 20, Some("P1@t")), true)]).await.unwrap();
+        // An older read (a pass that began earlier) does not replace it, and a newer read without
+        // the mark keeps the mark.
+        store.put_pagerduty_views(vec![(view("triggered", 10, None), true)]).await.unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("acknowledged", 20, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), true)]).await.unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(&dir.path().join("q")).unwrap();
+        assert_eq!(store.pagerduty_views().unwrap(), vec![view("resolved", 30, Some("P1@t"))]);
+        store.put_pagerduty_views(vec![(view("resolved", 30, None), false)]).await.unwrap();
+        assert!(store.pagerduty_views().unwrap().is_empty());
+        store.close();
+    }
+}

@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::EventAction;
 use crate::ops::shutdown::Shutdown;
-use crate::queue::store::{now_ms, AlertState, Store};
+use crate::queue::alerts::AlertState;
+use crate::queue::store::Store;
 use crate::queue::view::PagerDutyView;
 #[cfg(test)]
 use crate::queue::view::{OPEN_HERE_NONE_THERE, OPEN_HERE_RESOLVED_THERE, RESOLVED_HERE_OPEN_THERE};

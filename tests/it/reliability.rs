@@ -260,7 +260,7 @@ fn a_full_disk_refuses_intake_keeps_delivering_and_recovers() {
     let d = env.start();
     let rk = routing_key(45);
     // Leave about 8 MiB free, then feed 4 KiB events until the reserve refuses them.
-    let free = pdrelay::queue::store::free_bytes(&env.state).unwrap();
+    let free = pdrelay::queue::disk::free_bytes(&env.state).unwrap();
     let filler = env.state.join("filler");
     std::fs::write(&filler, vec![0u8; (free - 8 * 1024 * 1024) as usize]).unwrap();
     let mut c = env.connect();

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::event::{Event, EventKind, IntakeDefaults, MAX_REQUEST_BYTES};
-use crate::queue::store::{NewEvent, Store, StoreError};
+use crate::queue::error::StoreError;
+use crate::queue::request::NewEvent;
+use crate::queue::store::Store;
 
 /// Past the body limit, how long and how many bytes the rest of the body is read and discarded,
 /// so that the client sees the 413 instead of a reset connection.
