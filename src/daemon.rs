@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use crate::admin;
 use crate::config::Config;
-use crate::delivery::worker::{self, DeliverySettings};
+use crate::delivery::dispatcher::{self, DeliverySettings};
 use crate::http::{self, HttpSettings};
 use crate::intake::{socket, spool, Shutdown};
 use crate::pagerduty::client::EventsClient;
@@ -194,7 +194,8 @@ async fn serve(
     store.set_rate_limits(settings.rate_limits.clone());
     let heartbeat = (settings.heartbeat_probe.clone(), settings.heartbeat_ms.clone());
     let mut delivery_shutdown = shutdown.clone();
-    let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
+    let delivery =
+        tokio::spawn(dispatcher::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
     info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
     ready();
     if let Some(period) = watchdog {

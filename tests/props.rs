@@ -16,7 +16,7 @@ use pdrelay::intake::nagios::{
     macros_from_env, macros_from_fields, map, parse_pl_spool_file, pd_nagios_dedup_key, Mapped, NagiosObject,
     NagiosSettings, Notification,
 };
-use pdrelay::intake::spool::{is_spool_file, parse_spool_file};
+use pdrelay::intake::spool_file::{is_spool_file, parse_spool_file};
 use pdrelay::queue::record::Record;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

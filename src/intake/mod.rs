@@ -2,13 +2,16 @@
 //! [`crate::event::Event`]s, stores them durably, and only then tells the producer (spool: deletes
 //! the file; socket: replies `ok`).
 //!
-//! Owns: the spool directories ([`spool`]) and the Unix socket ([`socket`]).
+//! Owns: the spool directories ([`spool`], with [`spool_dir`] and [`spool_file`]) and the Unix
+//! socket ([`socket`]).
 
 pub mod nagios;
 pub mod pdagent;
 pub mod sensu;
 pub mod socket;
 pub mod spool;
+pub mod spool_dir;
+pub mod spool_file;
 pub mod zabbix;
 
 use tokio::sync::watch;
