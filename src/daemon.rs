@@ -13,7 +13,7 @@ use tracing::{error, info};
 use crate::admin;
 use crate::config::Config;
 use crate::delivery::client::EventsClient;
-use crate::delivery::worker::{self, DeliverySettings};
+use crate::delivery::dispatcher::{self, DeliverySettings};
 use crate::intake::http::{self, HttpSettings};
 use crate::intake::{socket, spool};
 use crate::ops::shutdown::Shutdown;
@@ -201,7 +201,8 @@ async fn serve(
     store.set_rate_limits(settings.rate_limits.clone());
     let heartbeat = (settings.heartbeat_probe.clone(), settings.heartbeat_ms.clone());
     let mut delivery_shutdown = shutdown.clone();
-    let delivery = tokio::spawn(worker::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
+    let delivery =
+        tokio::spawn(dispatcher::run(store.clone(), settings, async move { delivery_shutdown.wait().await }));
     info!(state_dir = %file.state_dir.display(), events_url = %config.events_url, "pdrelay daemon ready");
     ready();
     if let Some(period) = watchdog {

@@ -241,7 +241,13 @@ fn run_purge(
 /// Drop-files waiting in the spool directories (spool file names, and files the daemon claimed
 /// but has not stored yet). `None` for an unreadable directory.
 fn spool_waiting(config: &Config) -> Vec<(PathBuf, Option<usize>)> {
-    config.file.ingest.spool_dirs.iter().map(|dir| (dir.clone(), pdrelay::intake::spool::waiting_files(dir))).collect()
+    config
+        .file
+        .ingest
+        .spool_dirs
+        .iter()
+        .map(|dir| (dir.clone(), pdrelay::intake::spool_dir::waiting_files(dir)))
+        .collect()
 }
 
 /// `queue status`, narrowed to one routing key when asked; pd-queue's table with
