@@ -1,24 +1,35 @@
 //! pdrelay: a durable PagerDuty Events API forwarder for monitored hosts.
 //!
-//! Data moves one way:
+//! Data moves one way, and each folder of `src/` is one stage of it:
 //!
 //! ```text
-//! producers ─► intake (spool files, Unix socket, `pdrelay send`)
-//!           ─► event (parse, validate, normalize: PD-CEF v2, change, v1)
-//!           ─► queue (sled, group commit, fsync before acknowledging)
-//!           ─► delivery (ordered per routing + dedup key, retry with backoff, 429 pauses)
-//!           ─► PagerDuty Events API (v2 enqueue, v2 change, v1 create_event)
+//! producers/  Nagios, Icinga, Zabbix, Sensu, pdagent, `pdrelay send`: their formats -> Event
+//!    │
+//! intake/     the channels: spool directories, the Unix socket, the local Events API (HTTP)
+//!    │
+//! event/      the domain: routing key, dedup key, event action, severity; v2, change, v1
+//!    │
+//! queue/      sled, group commit, fsync before acknowledging; the paging policy (rules/)
+//!    │           applied as events are accepted, the open-alerts ledger
+//! delivery/   dispatcher (order per routing + dedup key, concurrency, rate limits, outages),
+//!    │           retry classification, the HTTP client
+//!    ▼
+//! PagerDuty Events API (v2 enqueue, v2 change, v1 create_event)
+//!
+//! beside the flow:
+//! rules/      routes, silences and maintenance windows, heartbeats (what the operator set)
+//! sync/       the other direction (opt-in): PagerDuty's side from its REST API, acks back
+//! admin/      `pdrelay queue` / `alerts` / `status`: the admin socket, retention, tables
+//! ops/        metrics and their exposition, SIGHUP reload, logging, systemd notify, shutdown
+//! config/     the TOML file into a checked `Config`, with every section's type
+//! daemon.rs   wiring the stages together and stopping them; cli.rs, main.rs: the commands
+//! clock.rs, text.rs   time in ms and RFC 3339; escaping producer text for logs and terminals
 //! ```
 //!
-//! Modules: [`config`] (TOML into a checked `Config`), [`event`] (the domain), [`intake`],
-//! [`queue`], [`delivery`], [`pagerduty`] (wire types and HTTP client), [`daemon`] (wiring and
-//! shutdown), [`send`] (the `pdrelay send` client side), [`admin`] (`pdrelay queue`, retention),
-//! [`http`] (the opt-in local Events API endpoint), [`reconcile`] and [`ackback`] (the opt-in
-//! other direction: PagerDuty's side of each alert from its REST API, acknowledgements passed
-//! back to Nagios and Icinga), [`cli`] (arguments), [`text`] (escaping
-//! producer text for logs and terminals), [`routing`] (`[[routes]]`: where
-//! each event goes), [`silence`] (silences and maintenance windows), [`heartbeat`] (dead man's
-//! switch and expected senders).
+//! Imports point down this map: a stage uses the stages and primitives below it (`event`,
+//! `config`, `clock`, `text`) and never the other way; the counters in `ops::metrics` sit below
+//! the queue, which counts into them, while `ops::exposition` reads the queue. No two files
+//! import each other, directly or in a loop (`python3 ../shared/tools/import_circles.py`).
 
 pub mod admin;
 pub mod cli;

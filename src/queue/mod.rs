@@ -17,8 +17,8 @@
 //! An event is acknowledged (spool file deleted, socket or CLI told `ok`) only after the commit
 //! that holds it has returned from [`store::Store::insert`], and that returns only after:
 //!
-//! 1. one sled transaction has put the event, its pending-index entry and (for a producer-chosen
-//!    id) its id-index entry in sled's page cache atomically (all or none);
+//! 1. one sled transaction has put the event (with its dedup-key tracking entry) and, for a producer-chosen
+//!    id, its id-index entry in sled's page cache atomically (all or none; see [`committer`]);
 //! 2. `Db::flush` has written sled's log buffers to the `db` file. sled 0.34 ends this with
 //!    `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)`, which pushes the data pages but neither
 //!    the file's size nor other metadata, and issues no disk cache flush: after a power cut the
