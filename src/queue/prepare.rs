@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(store.pending_by_key().get(&rk), Some(&1));
         store.close();
         drop(store);
-        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        let reopened = Store::open_when_unlocked(&dir.path().join("q")).unwrap();
         assert_eq!((reopened.pending_count(), reopened.superseded_count()), (1, 1));
         assert_eq!(reopened.pending_by_key().get(&rk), Some(&1));
     }

@@ -174,23 +174,25 @@ impl Store {
     /// that can still be read. Needs the daemon stopped. See [`Salvage`].
     pub fn salvage(path: &Path) -> Result<Salvage, StoreError> {
         let report = rebuild(path)?;
-        // Opening it writes a new commit mark. sled may hold its file lock for a moment after the
-        // last handle is dropped, so a lock conflict here is waited out briefly.
+        // Opening it writes a new commit mark.
+        Store::open_when_unlocked(path)?.close();
+        Ok(report)
+    }
+
+    /// [`Store::open`], but a lock conflict is waited out for up to 5 seconds: sled may hold its
+    /// file lock for a moment after the last handle of the same process is dropped (its own
+    /// threads let go of the database a little later). For reopening in the same process only.
+    pub(crate) fn open_when_unlocked(path: &Path) -> Result<Store, StoreError> {
         let mut tries = 0;
         loop {
             match Store::open(path) {
-                Ok(store) => {
-                    store.close();
-                    break;
-                }
                 Err(StoreError::Locked { .. }) if tries < 50 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                Err(e) => return Err(e),
+                result => return result,
             }
         }
-        Ok(report)
     }
 
     /// Directory of the database.
@@ -627,7 +629,7 @@ pub(super) mod tests {
         store.close();
         assert!(matches!(store.insert(vec![]).await, Err(StoreError::Closed)));
         drop(store);
-        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        let reopened = Store::open_when_unlocked(&dir.path().join("q")).unwrap();
         assert_eq!(reopened.pending_count(), 1);
         assert_eq!(reopened.finished_counts(), (0, 1), "counts by state survive a restart");
         reopened
@@ -663,7 +665,7 @@ pub(super) mod tests {
         assert_eq!(seqs(store.pending_from(0, 10).unwrap()), vec![all[0].seq, all[4].seq, all[5].seq]);
         store.close();
         drop(store);
-        let reopened = Store::open(&dir.path().join("q")).unwrap();
+        let reopened = Store::open_when_unlocked(&dir.path().join("q")).unwrap();
         assert_eq!(reopened.pending_count(), 3);
         assert_eq!(seqs(reopened.pending_from(all[1].seq, 10).unwrap()), vec![all[4].seq, all[5].seq]);
     }
@@ -679,7 +681,7 @@ pub(super) mod tests {
         store.inner.db.flush().unwrap();
         store.close();
         drop(store);
-        let reopened = Store::open(&path).unwrap();
+        let reopened = Store::open_when_unlocked(&path).unwrap();
         assert_eq!(reopened.inner.tree.scan_prefix([b'p']).count(), 0);
         assert_eq!(reopened.pending_count(), 1);
         assert_eq!(reopened.pending_from(0, 10).unwrap().len(), 1);

@@ -113,7 +113,7 @@ mod tests {
         store.put_pagerduty_views(vec![(view("resolved", 30, None), true)]).await.unwrap();
         store.close();
         drop(store);
-        let store = Store::open(&dir.path().join("q")).unwrap();
+        let store = Store::open_when_unlocked(&dir.path().join("q")).unwrap();
         assert_eq!(store.pagerduty_views().unwrap(), vec![view("resolved", 30, Some("P1@t"))]);
         store.put_pagerduty_views(vec![(view("resolved", 30, None), false)]).await.unwrap();
         assert!(store.pagerduty_views().unwrap().is_empty());
