@@ -1,5 +1,6 @@
 //! Command-line arguments (clap derive). Parsed here, resolved into validated values by the
-//! commands themselves; nothing below this module sees clap.
+//! commands themselves. Below it, only `producers::send` takes a parsed [`SendArgs`] (it is that
+//! command), and `event::ApiVersion` derives clap's `ValueEnum` to be `--api`'s value.
 
 use std::path::PathBuf;
 

@@ -26,10 +26,12 @@
 //! clock.rs, text.rs   time in ms and RFC 3339; escaping producer text for logs and terminals
 //! ```
 //!
-//! Imports point down this map: a stage uses the stages and primitives below it (`event`,
-//! `config`, `clock`, `text`) and never the other way; the counters in `ops::metrics` sit below
-//! the queue, which counts into them, while `ops::exposition` reads the queue. No two files
-//! import each other, directly or in a loop (`python3 ../shared/tools/import_circles.py`).
+//! Imports point down this map: a stage uses the stages below it and the primitives (`event`,
+//! `clock`, `text`), never the other way. `rules` needs only `event`; `config` needs only those
+//! and `rules` (whose section types it reads), so every stage can take its settings from
+//! `config`. The counters in `ops::metrics` sit below the queue, which counts into them, while
+//! `ops::exposition` reads the queue. No two files import each other, directly or in a loop
+//! (`python3 ../shared/tools/import_circles.py`).
 
 pub mod admin;
 pub mod cli;

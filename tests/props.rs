@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use pdrelay::config::nagios::NagiosSettings;
 use pdrelay::event::{
     fit_dedup_key, normalize_timestamp, truncate_chars, Event, EventAction, EventError, IntakeDefaults, RoutingKey,
     Severity, MAX_DEDUP_KEY_CHARS, MAX_REQUEST_BYTES, MAX_SUMMARY_CHARS, ROUTING_KEY_CHARS,
@@ -15,7 +16,7 @@ use pdrelay::event::{
 use pdrelay::intake::spool_file::{is_spool_file, parse_spool_file};
 use pdrelay::producers::nagios::{
     macros_from_env, macros_from_fields, map, parse_pl_spool_file, pd_nagios_dedup_key, Mapped, NagiosObject,
-    NagiosSettings, Notification,
+    Notification,
 };
 use pdrelay::queue::record::Record;
 use proptest::prelude::*;

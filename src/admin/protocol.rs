@@ -1,6 +1,6 @@
 //! The admin protocol: the requests `pdrelay queue`, `alerts` and `silence` send, the answers,
-//! the reply line and the errors, as JSON on the admin socket (one line each way), and the
-//! a small helper both sides share ([`list_state`]). The bottom of `admin`: the
+//! the reply line and the errors, as JSON on the admin socket (one line each way), and a
+//! small helper both sides share ([`list_state`]). The bottom of `admin`: the
 //! server, retention and rendering import from here, never the other way.
 
 use serde::{Deserialize, Serialize};

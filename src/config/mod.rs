@@ -12,6 +12,7 @@ pub mod allow;
 pub mod check;
 pub mod delivery;
 pub mod host;
+pub mod nagios;
 pub mod sections;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use crate::config::check::{check_delivery, check_http, check_ranges, check_two_w
 use crate::config::host::{group_id, group_name, user_name, writable_by, writable_by_me};
 use crate::config::sections::{ConfigFile, MAX_RESOLVE_HOLD};
 use crate::event::{local_hostname, IntakeDefaults, RoutingKey, Severity};
-use crate::producers::nagios::{NagiosSettings, TypeAction};
+use nagios::{NagiosSettings, TypeAction};
 
 /// Where the config is read from when neither `--config` nor `PDRELAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pdrelay/config.toml";
@@ -341,9 +342,9 @@ impl Config {
     }
 
     /// The client's network settings.
-    pub fn network(&self) -> crate::delivery::client::Network {
+    pub fn network(&self) -> sections::Network {
         let p = &self.file.pagerduty;
-        crate::delivery::client::Network {
+        sections::Network {
             proxy: Some(p.proxy.clone()).filter(|s| !s.is_empty()),
             ca_bundle: Some(p.ca_bundle.clone()).filter(|s| !s.as_os_str().is_empty()),
             local_address: p.local_address.parse().ok(),

@@ -284,6 +284,17 @@ pub struct IngestSection {
     pub max_line_bytes: usize,
 }
 
+/// Network settings for the client (config `[pagerduty]`).
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// Proxy URL for every request, e.g. `http://proxy:3128`.
+    pub proxy: Option<String>,
+    /// Extra CA certificates (PEM file).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Local address to connect from.
+    pub local_address: Option<std::net::IpAddr>,
+}
+
 /// `[pagerduty]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::sections::Network;
 use crate::event::EventKind;
 
 /// Longest answer body kept, in bytes; the rest is cut.
@@ -53,17 +54,6 @@ pub enum Attempt {
         /// Whether the request timed out.
         timeout: bool,
     },
-}
-
-/// Network settings for the client (config `[pagerduty]`).
-#[derive(Debug, Clone, Default)]
-pub struct Network {
-    /// Proxy URL for every request, e.g. `http://proxy:3128`.
-    pub proxy: Option<String>,
-    /// Extra CA certificates (PEM file).
-    pub ca_bundle: Option<std::path::PathBuf>,
-    /// Local address to connect from.
-    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// Why the client could not be built.

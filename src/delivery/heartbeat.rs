@@ -1,7 +1,7 @@
 //! The heartbeat task: pings `[heartbeat] url` while delivery works, and raises (and resolves)
 //! the alerts for `[[expected_senders]]` that fall silent (see [`crate::rules::heartbeat`]).
 //!
-//! "Delivery works" means: PagerDuty is not held for unreachable (no outage, see `worker`) and
+//! "Delivery works" means: PagerDuty is not held for unreachable (no outage, see `delivery::dispatcher::pacing`) and
 //! the last delivery attempt did not fail for a reason that is not about one event. While it
 //! does not, no ping goes out, so the switch fires from outside: a host whose alerts cannot
 //! reach PagerDuty is as good as dead, and says so.

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tracing::info;
 
+use crate::config::nagios::NagiosSettings;
 use crate::event::{Event, IntakeDefaults};
-use crate::producers::nagios::{map, parse_pl_spool_file, Mapped, NagiosSettings};
+use crate::producers::nagios::{map, parse_pl_spool_file, Mapped};
 use crate::queue::request::NewEvent;
 use crate::text::Escaped;
 

@@ -1,15 +1,15 @@
 //! Settings that SIGHUP changes while the daemon runs: the intake defaults (default routing key,
-//! source, severity), the Nagios mapping tables and the retry bounds (and, in `main`, the log
-//! level). Everything else (paths, sockets, listeners, the Events API URL, concurrency, queue
-//! bounds, routes, maintenance windows, flap damping, heartbeats) needs a restart; a reload that changes those says so in the log and keeps the old
-//! values.
+//! source, severity), the Nagios mapping tables and the retry bounds ([`SettingsSnapshot`]), and
+//! the log level unless `RUST_LOG` is set ([`reload`]; `main` catches the signal). Everything else (paths, sockets, listeners, the Events API URL, concurrency, queue
+//! bounds, routes, maintenance windows, flap damping, heartbeats) needs a restart; a reload that
+//! changes those says so in the log and keeps the old values.
 
 use std::sync::{Arc, RwLock};
 
+use crate::config::nagios::NagiosSettings;
 use crate::config::sections::{ConfigFile, RetrySection};
 use crate::config::Config;
 use crate::event::IntakeDefaults;
-use crate::producers::nagios::NagiosSettings;
 
 /// One consistent set of reloadable settings.
 #[derive(Debug)]

@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::config::nagios::{NagiosSettings, TypeAction};
 use crate::event::ApiVersion;
-use crate::event::{Event, EventAction, EventError, IntakeDefaults, Severity};
+use crate::event::{Event, EventAction, EventError, IntakeDefaults};
 
 /// What a notification is about (pd-nagios's `-n`, pagerduty_nagios.pl's `pd_nagios_object`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,85 +39,6 @@ impl NagiosObject {
         match self {
             NagiosObject::Host => "host",
             NagiosObject::Service => "service",
-        }
-    }
-}
-
-/// What a notification type does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TypeAction {
-    /// Send with this event action.
-    Send(EventAction),
-    /// Do nothing (exit 0 with a message).
-    Ignore,
-}
-
-impl TypeAction {
-    /// Parses `trigger`, `acknowledge`, `resolve` or `ignore`.
-    pub fn parse(value: &str) -> Option<TypeAction> {
-        match value {
-            "ignore" => Some(TypeAction::Ignore),
-            other => EventAction::parse(other, "").ok().map(TypeAction::Send),
-        }
-    }
-}
-
-/// The `[nagios]` settings, checked.
-#[derive(Debug, Clone)]
-pub struct NagiosSettings {
-    /// Notification type (upper case) -> what to do.
-    pub notification_types: BTreeMap<String, TypeAction>,
-    /// State (upper case) -> severity.
-    pub severity: BTreeMap<String, Severity>,
-    /// Resolve on FLAPPINGSTOP / FLAPPINGEND when the state is OK or UP (Nagios may end flapping
-    /// there without ever sending RECOVERY, which would leave the incident open).
-    pub resolve_on_flapping_stop: bool,
-}
-
-/// Default notification-type table.
-pub fn default_notification_types() -> BTreeMap<String, TypeAction> {
-    let mut m = BTreeMap::new();
-    m.insert("PROBLEM".to_owned(), TypeAction::Send(EventAction::Trigger));
-    m.insert("ACKNOWLEDGEMENT".to_owned(), TypeAction::Send(EventAction::Acknowledge));
-    m.insert("RECOVERY".to_owned(), TypeAction::Send(EventAction::Resolve));
-    for t in [
-        "FLAPPINGSTART",
-        "FLAPPINGSTOP",
-        "FLAPPINGEND",
-        "FLAPPINGDISABLED",
-        "DOWNTIMESTART",
-        "DOWNTIMEEND",
-        "DOWNTIMECANCELLED",
-        "DOWNTIMEREMOVED",
-        "CUSTOM",
-    ] {
-        m.insert(t.to_owned(), TypeAction::Ignore);
-    }
-    m
-}
-
-/// Default state-to-severity table.
-pub fn default_severity() -> BTreeMap<String, Severity> {
-    [
-        ("CRITICAL", Severity::Critical),
-        ("DOWN", Severity::Critical),
-        ("UNREACHABLE", Severity::Critical),
-        ("WARNING", Severity::Warning),
-        ("UNKNOWN", Severity::Error),
-        ("OK", Severity::Info),
-        ("UP", Severity::Info),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-impl Default for NagiosSettings {
-    fn default() -> Self {
-        NagiosSettings {
-            notification_types: default_notification_types(),
-            severity: default_severity(),
-            resolve_on_flapping_stop: false,
         }
     }
 }
@@ -342,6 +264,7 @@ pub fn map_api(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Severity;
 
     fn macros(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -1,5 +1,6 @@
 //! The key layout of the queue's one sled tree, and event ids. Every key the store reads or
-//! writes is built here.
+//! writes is built here (the paging policy's index keys from [`prefixed_key`]; their meaning is
+//! documented in `policy`).
 //!
 //! Key layout in the one tree (prefix byte, then big-endian numbers so that order is numeric):
 //!
@@ -12,6 +13,9 @@
 //! | `m` name | last success, last error |
 //! | `v` routing key, 0, dedup key | `view::PagerDutyView`, JSON: PagerDuty's side (reconciliation) |
 //! | `s` id | a stored silence, JSON |
+//! | `r` routing key, 0, dedup key | `policy::Follow`, JSON: where a routed trigger went, for its acknowledge and resolve |
+//! | `h` sent routing key, 0, dedup key | seq(u64) of a resolve held by flap damping |
+//! | `q` routing key, 0, dedup key, 0, seq(u64) | who holds a silenced trigger and until when, JSON |
 //! | `p` seq(u64) | legacy pending index, removed at open (versions before it was dropped) |
 
 use super::error::StoreError;

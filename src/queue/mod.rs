@@ -39,8 +39,9 @@
 //! from what is readable. The unit test in `store.rs` checks that the sync counter moves before
 //! an insert is answered; `tests/it/reliability.rs` damages a queue and checks the refusal.
 //!
-//! Steps 1 to 4 are the committer's ([`committer`]); the mark, its check and salvage are in
-//! [`mark`], and [`store::Store::open`] refuses a queue that holds less than the mark.
+//! Steps 1 to 4 are the committer's ([`committer`]); the mark file and salvage are in [`mark`];
+//! [`store::Store::open`] compares the mark with sled's commit number and refuses a queue that
+//! holds less.
 
 pub mod alerts;
 pub mod committer;

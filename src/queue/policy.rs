@@ -1,8 +1,10 @@
 //! Paging policy applied when an event is accepted, inside the committer's group commit:
 //! `[[routes]]` (and acknowledge/resolve following their trigger's routing key and URL), and flap
 //! damping (`[flap_damping]`: a resolve held, cancelled together with a trigger of the same key
-//! that comes within the hold). The rules themselves live in [`crate::rules::routing`]; this module
-//! keeps the two small indexes they need in the queue's tree:
+//! that comes within the hold), silences and maintenance windows (a trigger held while one
+//! matches), and the last-heard table of `[[expected_senders]]`. The rules themselves live in
+//! `rules/` ([`crate::rules::routing`], [`crate::rules::silence`]); this module keeps the small
+//! indexes they need in the queue's tree (their keys are listed with the others in `keys`):
 //!
 //! - `r` + producer's routing key + NUL + dedup key -> [`Follow`] (JSON): where the last trigger
 //!   of that alert went when a route moved it (another key or URL, or dropped), so that its
@@ -18,6 +20,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::keys::prefixed_key;
 use super::record::{record_key, Record, State};
 use crate::event::{EventAction, RoutingKey};
 use crate::rules::routing::{set_routing_key, Router};
@@ -61,7 +64,7 @@ struct Silenced {
 }
 
 fn silenced_key(routing_key: &str, dedup_key: &str, seq: u64) -> Vec<u8> {
-    let mut k = index_key(b'q', routing_key, dedup_key);
+    let mut k = prefixed_key(b'q', routing_key, dedup_key);
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -85,15 +88,6 @@ pub fn held_by(tree: &sled::Tree, by: &str) -> Result<Vec<u64>, sled::Error> {
 pub struct Admitted {
     /// Pending records (other than this one) made superseded, by routing key.
     pub cancelled: Vec<String>,
-}
-
-fn index_key(prefix: u8, routing_key: &str, dedup_key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + routing_key.len() + dedup_key.len());
-    k.push(prefix);
-    k.extend_from_slice(routing_key.as_bytes());
-    k.push(0);
-    k.extend_from_slice(dedup_key.as_bytes());
-    k
 }
 
 /// A trigger within this much of its held resolve's release does not cancel it (the resolve may
@@ -121,7 +115,7 @@ pub fn admit(
     let follows = match (&dedup, action) {
         // Consulted whatever the rules are now: removing every route must not strand an alert.
         (Some(d), Some(EventAction::Acknowledge | EventAction::Resolve)) => {
-            let k = index_key(b'r', &producer_key, d);
+            let k = prefixed_key(b'r', &producer_key, d);
             let found = tree.get(&k)?.and_then(|v| serde_json::from_slice::<Follow>(&v).ok());
             if found.is_some() && action == Some(EventAction::Resolve) {
                 tree.remove(&k)?;
@@ -147,7 +141,7 @@ pub fn admit(
     } else {
         let routed = policy.router.apply(&mut record.event, &record.intake);
         if let (Some(d), Some(EventAction::Trigger)) = (&dedup, action) {
-            let k = index_key(b'r', &producer_key, d);
+            let k = prefixed_key(b'r', &producer_key, d);
             let moved = routed.dropped
                 || routed.events_url.is_some()
                 || record.event.routing_key().as_str() != producer_key.as_str();
@@ -178,7 +172,7 @@ pub fn admit(
     }
     let (Some(d), true) = (&dedup, policy.resolve_hold_ms > 0) else { return Ok(admitted) };
     let sent_key = record.event.routing_key().as_str().to_owned();
-    let hk = index_key(b'h', &sent_key, d);
+    let hk = prefixed_key(b'h', &sent_key, d);
     match action {
         Some(EventAction::Resolve) => {
             // One held resolve per key: a repeated resolve replaces the earlier one, so that a
@@ -241,7 +235,7 @@ fn silence(
         Some(EventAction::Resolve) => {
             let mut cancelled_until = None;
             let mut cancelled_any = false;
-            let mut prefix_nul = index_key(b'q', &rk, dedup);
+            let mut prefix_nul = prefixed_key(b'q', &rk, dedup);
             prefix_nul.push(0);
             for item in tree.scan_prefix(&prefix_nul) {
                 let (k, v) = item?;

@@ -1,6 +1,6 @@
 //! PagerDuty's REST API, read side: the incidents behind a dedup key (`GET /incidents` with
 //! `incident_key`), paged, within the API's rate limits. Separate from the Events API client
-//! (`client`): another host, another key, another purpose. It never logs: the key is in every
+//! (`delivery::client`): another host, another key, another purpose. It never logs: the key is in every
 //! request, and the caller decides what an error means (see `reconcile`).
 //!
 //! Rate limits: PagerDuty answers every request with `ratelimit-limit`, `ratelimit-remaining`
