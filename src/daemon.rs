@@ -42,13 +42,13 @@ pub enum DaemonError {
     Http(#[from] http::HttpError),
 }
 
-/// Runs the daemon until `stop` completes. `live` holds the settings a reload may change (the
+/// Runs the daemon until `stop` completes. `reloadable` holds the settings a reload may change (the
 /// caller owns SIGHUP and swaps them). `ready` is called once the store is open and the
 /// socket listens. With `watchdog` (systemd's WatchdogSec), `alive` is called at half that
 /// period, but only while the committer answers a probe and the dispatcher loop keeps turning.
 pub async fn run(
     config: Config,
-    live: crate::ops::reload::ReloadableSettings,
+    reloadable: crate::ops::reload::ReloadableSettings,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
     watchdog: Option<std::time::Duration>,
@@ -63,7 +63,7 @@ pub async fn run(
         max_pending: config.file.queue.max_pending,
         min_free_bytes: config.file.queue.min_free_bytes,
     });
-    let result = serve(&config, live, store.clone(), stop, ready, watchdog, alive).await;
+    let result = serve(&config, reloadable, store.clone(), stop, ready, watchdog, alive).await;
     tokio::task::spawn_blocking(move || store.close()).await.ok();
     info!("stopped");
     result
@@ -71,7 +71,7 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
-    live: crate::ops::reload::ReloadableSettings,
+    reloadable: crate::ops::reload::ReloadableSettings,
     store: Store,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(),
@@ -86,7 +86,7 @@ async fn serve(
         &config.network(),
     )?;
     // Bound before the socket, so that once the socket answers, state_dir/http.addr is current.
-    let http_listener = match HttpSettings::from_config(config, &live) {
+    let http_listener = match HttpSettings::from_config(config, &reloadable) {
         Some(settings) => Some((http::bind(&settings).await?, settings)),
         None => {
             let _ = std::fs::remove_file(file.state_dir.join(http::ADDR_FILE));
@@ -137,7 +137,7 @@ async fn serve(
             rescan_interval: file.ingest.rescan_interval,
             max_file_bytes: file.ingest.max_file_bytes,
             max_line_bytes: file.ingest.max_line_bytes,
-            live: live.clone(),
+            reloadable: reloadable.clone(),
         },
         store.clone(),
         shutdown.clone(),
@@ -150,7 +150,7 @@ async fn serve(
         max_connections: file.ingest.max_connections,
         idle_timeout: file.ingest.idle_timeout,
         line_timeout: file.ingest.line_timeout,
-        live: live.clone(),
+        reloadable: reloadable.clone(),
     };
     let socket_task = tokio::spawn(socket::run(listener, socket_settings, store.clone(), shutdown.clone()));
     let http_task = http_listener
@@ -185,7 +185,7 @@ async fn serve(
     ));
     let settings = DeliverySettings {
         client,
-        live: live.clone(),
+        reloadable: reloadable.clone(),
         concurrency: file.pagerduty.concurrency,
         window: file.queue.dispatch_window,
         shutdown_timeout: file.shutdown_timeout,

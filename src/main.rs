@@ -560,10 +560,10 @@ fn report_sent(result: Result<send::Sent, SendError>, quiet: bool, what: &str, o
 
 fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let filter_handle = pdrelay::ops::logging::init(&config.file.log_level, config.file.log_format == "json");
-    let live = pdrelay::ops::reload::ReloadableSettings::new(&config);
+    let reloadable = pdrelay::ops::reload::ReloadableSettings::new(&config);
     let reload = {
-        let (live, old) = (live.clone(), config.file.clone());
-        move || pdrelay::ops::reload::reload(&path, explicit, &old, &live, &filter_handle)
+        let (reloadable, old) = (reloadable.clone(), config.file.clone());
+        move || pdrelay::ops::reload::reload(&path, explicit, &old, &reloadable, &filter_handle)
     };
     // Idle blocking threads are kept for a minute (tokio's default, 10 s, is shorter than the
     // default spool rescan interval, 30 s): each rescan then reuses the thread the last one used
@@ -606,7 +606,7 @@ fn run_daemon(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         }
         let result = pdrelay::daemon::run(
             config,
-            live,
+            reloadable,
             stop,
             pdrelay::ops::notify::ready,
             watchdog,

@@ -87,7 +87,7 @@ pub struct SocketSettings {
     /// A line must be complete within this long of its first byte.
     pub line_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::ops::reload::ReloadableSettings,
+    pub reloadable: crate::ops::reload::ReloadableSettings,
 }
 
 /// Binds a socket at `path`: creates its directory if missing (mode 0755 whatever the umask:
@@ -257,7 +257,7 @@ async fn serve(stream: UnixStream, store: Store, settings: &SocketSettings, mut 
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let pending = match Event::from_json(&line, &settings.live.get().defaults) {
+        let pending = match Event::from_json(&line, &settings.reloadable.get().defaults) {
             // Submitted here, in line order, so that acceptance order is the connection's order;
             // the writer waits for the commit.
             Ok(event) => {

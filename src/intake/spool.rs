@@ -82,7 +82,7 @@ pub struct SpoolSettings {
     /// Longest line of a streamed `.ndjson` file, in bytes.
     pub max_line_bytes: usize,
     /// Defaults filled in at intake and the mapping of pagerduty_nagios.pl files (reloadable).
-    pub live: crate::ops::reload::ReloadableSettings,
+    pub reloadable: crate::ops::reload::ReloadableSettings,
 }
 
 /// Whether an inotify event can mean a new file to read: created, renamed in, or closed after
@@ -498,8 +498,8 @@ impl SpoolIntake {
         if bytes.len() as u64 > max {
             return Err(format!("file grew past ingest.max_file_bytes ({max}) while it was read"));
         }
-        let live = self.settings.live.get();
-        let mut events = parse_spool_file(&claim.original, &bytes, &live.defaults, &live.nagios)?;
+        let current = self.settings.reloadable.get();
+        let mut events = parse_spool_file(&claim.original, &bytes, &current.defaults, &current.nagios)?;
         for (n, event) in events.iter_mut().enumerate() {
             if event.id.is_none() {
                 event.id = Some(file_event_id(&claim.original, stat, n));
@@ -514,7 +514,7 @@ impl SpoolIntake {
         let size = stat.st_size as u64;
         let max_pending = self.store.limits().max_pending;
         let max_line = self.settings.max_line_bytes;
-        let live = self.settings.live.get();
+        let current = self.settings.reloadable.get();
         let mut file = file;
         let done = match self.dirs[i].progress.get(&claim.full) {
             Some(done) => *done,
@@ -522,7 +522,7 @@ impl SpoolIntake {
                 let mut reader = BufReader::new((&file).take(size));
                 let mut count = 0usize;
                 let checked = for_each_line(&mut reader, max_line, |n, line| {
-                    Event::from_json(line, &live.defaults).map_err(|e| format!("line {n}: {e}"))?;
+                    Event::from_json(line, &current.defaults).map_err(|e| format!("line {n}: {e}"))?;
                     count += 1;
                     Ok(true)
                 });
@@ -556,7 +556,7 @@ impl SpoolIntake {
             if this < stored {
                 return Ok(true);
             }
-            let event = Event::from_json(line, &live.defaults).map_err(|e| {
+            let event = Event::from_json(line, &current.defaults).map_err(|e| {
                 format!("line {n}: {e} (the file changed while it was read; its first {stored} events were stored)")
             })?;
             let id = Some(file_event_id(&claim.original, stat, this));

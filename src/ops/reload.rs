@@ -34,12 +34,12 @@ impl ReloadableSettings {
 
     /// The current settings (a snapshot: later reloads do not change it).
     pub fn get(&self) -> Arc<SettingsSnapshot> {
-        self.0.read().expect("live settings lock").clone()
+        self.0.read().expect("reloadable settings lock").clone()
     }
 
     /// Takes the reloadable settings of `config`.
     pub fn replace(&self, config: &Config) {
-        *self.0.write().expect("live settings lock") = Arc::new(SettingsSnapshot::from(config));
+        *self.0.write().expect("reloadable settings lock") = Arc::new(SettingsSnapshot::from(config));
     }
 }
 
@@ -116,7 +116,7 @@ pub fn reload(
     path: &std::path::Path,
     explicit: bool,
     old: &ConfigFile,
-    live: &ReloadableSettings,
+    reloadable: &ReloadableSettings,
     level: &crate::ops::logging::LevelHandle,
 ) -> Result<(), String> {
     let new = Config::load(path, explicit).map_err(|e| e.to_string().replace('\n', "; "))?;
@@ -124,7 +124,7 @@ pub fn reload(
     if std::env::var_os("RUST_LOG").is_none() {
         level.reload(crate::ops::logging::level_filter(&new.file.log_level)).map_err(|e| e.to_string())?;
     }
-    live.replace(&new);
+    reloadable.replace(&new);
     if restart.is_empty() {
         tracing::info!("configuration reloaded");
     } else {

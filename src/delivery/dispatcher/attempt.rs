@@ -153,7 +153,7 @@ async fn attempt(store: &Store, settings: &DeliverySettings, record: Record) -> 
             (Outcome::Failed { status, reason, errors }, Done::Finished)
         }
         Decision::Retry { reason, retry_after, pause_routing_key } => {
-            let delay = retry_delay(&settings.live.get().retry, record.attempts + 1, retry_after);
+            let delay = retry_delay(&settings.reloadable.get().retry, record.attempts + 1, retry_after);
             let at_ms = now_ms() + delay.as_millis() as u64;
             debug!(id = %record.id, routing_key = %rk, %reason, attempts = record.attempts + 1, retry_in = ?delay, "delivery will be retried");
             (

@@ -49,7 +49,7 @@ pub struct DeliverySettings {
     /// Shared HTTP client.
     pub client: EventsClient,
     /// Retry timing (reloadable).
-    pub live: crate::ops::reload::ReloadableSettings,
+    pub reloadable: crate::ops::reload::ReloadableSettings,
     /// Deliveries in flight at once.
     pub concurrency: usize,
     /// Most pending events held in memory at once (`queue.dispatch_window`, at least 1; 0 is

@@ -29,7 +29,7 @@ const RETRY_AFTER_UNAVAILABLE: u64 = 5;
 /// What every connection shares.
 pub(super) struct Context {
     pub(super) store: Store,
-    pub(super) live: crate::ops::reload::ReloadableSettings,
+    pub(super) reloadable: crate::ops::reload::ReloadableSettings,
     pub(super) request_timeout: Duration,
 }
 
@@ -280,7 +280,7 @@ async fn enqueue(
             ))
         }
     };
-    let event = match parse_keyed(&body, kind, path_key.as_ref(), &ctx.live.get().defaults) {
+    let event = match parse_keyed(&body, kind, path_key.as_ref(), &ctx.reloadable.get().defaults) {
         Ok(event) => event,
         Err(error) => {
             debug!(endpoint = kind.endpoint_path(), %error, "http event refused");

@@ -90,14 +90,14 @@ pub struct HttpSettings {
     /// Bound on headers, then on the body, and on an idle keep-alive connection.
     pub request_timeout: Duration,
     /// Defaults filled in at intake (reloadable).
-    pub live: crate::ops::reload::ReloadableSettings,
+    pub reloadable: crate::ops::reload::ReloadableSettings,
     /// Where the bound address is written (`state_dir/http.addr`).
     pub addr_file: PathBuf,
 }
 
 impl HttpSettings {
     /// The settings of a checked config; `None` when the listener is off.
-    pub fn from_config(config: &Config, live: &crate::ops::reload::ReloadableSettings) -> Option<HttpSettings> {
+    pub fn from_config(config: &Config, reloadable: &crate::ops::reload::ReloadableSettings) -> Option<HttpSettings> {
         let http = &config.file.http;
         let tls = (!http.tls_cert.as_os_str().is_empty()).then(|| (http.tls_cert.clone(), http.tls_key.clone()));
         Some(HttpSettings {
@@ -106,7 +106,7 @@ impl HttpSettings {
             allow: config.http_allow.clone(),
             max_connections: http.max_connections,
             request_timeout: http.request_timeout,
-            live: live.clone(),
+            reloadable: reloadable.clone(),
             addr_file: config.file.state_dir.join(ADDR_FILE),
         })
     }
@@ -201,7 +201,8 @@ pub async fn run(listener: Listener, settings: HttpSettings, store: Store, mut s
     info!(listen = %listener.local, scheme, allow = settings.allow.len(), "http listener started");
     let max = settings.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    let ctx = Arc::new(Context { store, live: settings.live.clone(), request_timeout: settings.request_timeout });
+    let ctx =
+        Arc::new(Context { store, reloadable: settings.reloadable.clone(), request_timeout: settings.request_timeout });
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => break,
