@@ -135,13 +135,23 @@ fn required<'a>(macros: &'a BTreeMap<String, String>, name: &str) -> Result<&'a 
         .ok_or_else(|| EventError::new(name, "macro is required (pass -f NAME=$NAME$ or enable environment macros)"))
 }
 
-/// pd-nagios's dedup (incident) key for a host or service.
+/// Start of pd-nagios's dedup key for a host problem; the host name follows.
+pub const HOST_KEY_PREFIX: &str = "event_source=host;host_name=";
+/// Start of pd-nagios's dedup key for a service problem; the host name follows, then
+/// [`SERVICE_DESC_SEPARATOR`] and the service description.
+pub const SERVICE_KEY_PREFIX: &str = "event_source=service;host_name=";
+/// Between the host name and the service description in a service problem's dedup key.
+pub const SERVICE_DESC_SEPARATOR: &str = ";service_desc=";
+
+/// pd-nagios's dedup (incident) key for a host or service: `event_source=host;host_name=HOST`
+/// or `event_source=service;host_name=HOST;service_desc=SERVICE` (parsed back by
+/// `sync::ackback::parse_nagios_key`).
 pub fn pd_nagios_dedup_key(object: NagiosObject, macros: &BTreeMap<String, String>) -> Result<String, EventError> {
     let host = required(macros, "HOSTNAME")?;
     Ok(match object {
-        NagiosObject::Host => format!("event_source=host;host_name={host}"),
+        NagiosObject::Host => format!("{HOST_KEY_PREFIX}{host}"),
         NagiosObject::Service => {
-            format!("event_source=service;host_name={host};service_desc={}", required(macros, "SERVICEDESC")?)
+            format!("{SERVICE_KEY_PREFIX}{host}{SERVICE_DESC_SEPARATOR}{}", required(macros, "SERVICEDESC")?)
         }
     })
 }

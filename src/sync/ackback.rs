@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::sections::AckBackSection;
+use crate::producers::nagios::{HOST_KEY_PREFIX, SERVICE_DESC_SEPARATOR, SERVICE_KEY_PREFIX};
 use crate::queue::store::Store;
 use crate::queue::view::PagerDutyView;
 
@@ -44,17 +45,18 @@ pub enum Problem {
     },
 }
 
-/// Parses the Nagios mapping's dedup key; `None` for any other key, or one whose names hold
+/// Parses the Nagios mapping's dedup key (built by
+/// [`crate::producers::nagios::pd_nagios_dedup_key`]); `None` for any other key, or one whose names hold
 /// control characters (they could not be written as one command line).
 pub fn parse_nagios_key(dedup_key: &str) -> Option<Problem> {
     let ok = |s: &str| !s.is_empty() && !s.chars().any(char::is_control) && s.chars().count() <= MAX_FIELD_CHARS;
-    if let Some(rest) = dedup_key.strip_prefix("event_source=service;host_name=") {
+    if let Some(rest) = dedup_key.strip_prefix(SERVICE_KEY_PREFIX) {
         // Nagios host names hold no ';'; a service description may.
-        let (host, service) = rest.split_once(";service_desc=")?;
+        let (host, service) = rest.split_once(SERVICE_DESC_SEPARATOR)?;
         return (ok(host) && ok(service) && !host.contains(';'))
             .then(|| Problem::Service { host: host.to_owned(), service: service.to_owned() });
     }
-    let host = dedup_key.strip_prefix("event_source=host;host_name=")?;
+    let host = dedup_key.strip_prefix(HOST_KEY_PREFIX)?;
     (ok(host) && !host.contains(';')).then(|| Problem::Host { host: host.to_owned() })
 }
 
