@@ -31,7 +31,6 @@ use tracing::{error, info, warn};
 
 use crate::clock::now_ms;
 use crate::delivery::client::EventsClient;
-use crate::event::redact_routing_key;
 use crate::queue::error::StoreError;
 use crate::queue::record::{Record, State};
 use crate::queue::store::Store;
@@ -317,10 +316,6 @@ impl Dispatcher {
         rk
     }
 
-    fn is_paused(&self, rk: &Arc<str>, now: u64) -> bool {
-        self.paused.get(rk).is_some_and(|&until| until > now)
-    }
-
     /// `queue retry --waiting`: read the pauses again (lifted ones end now), try every line
     /// waiting for a time, and probe at once during an outage.
     fn send_now(&mut self) -> Result<(), StoreError> {
@@ -474,17 +469,7 @@ impl Dispatcher {
                 }
                 self.timers.push(Reverse((at_ms, key)));
                 if pause_routing_key {
-                    if let Some(line) = self.lines.get(&key) {
-                        let rk = line.routing_key.clone();
-                        let until = self.paused.entry(rk.clone()).or_insert(0);
-                        if *until < at_ms {
-                            *until = at_ms;
-                            warn!(routing_key = %redact_routing_key(&rk), pause_s = (at_ms.saturating_sub(now_ms())) / 1000, "routing key paused by PagerDuty rate limit");
-                        }
-                        // Free the window for other routing keys (this line included: it is no
-                        // longer in flight).
-                        self.evict(&rk);
-                    }
+                    self.pause(key, at_ms);
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Pacing: when a routing key, or PagerDuty as a whole, may be sent to again. Per-key rate
 //! limits (the sliding minute of [`KeyRate`](super::KeyRate)) and outages (the probe, and what
-//! its answer releases). The pauses a 429 asks for are kept by the dispatcher itself.
+//! its answer releases), and the pauses PagerDuty asks for (a 429, or a v1 403: [`Dispatcher::pause`]).
 //!
 //! Outage: after `outage_after` failures in a row that are not about one event (no answer, 408,
 //! 5xx; see [`crate::delivery::retry::systemic`]) with no answer from PagerDuty between them, the
@@ -32,6 +32,25 @@ use crate::queue::error::StoreError;
 use crate::queue::record::Record;
 
 impl Dispatcher {
+    /// Whether `rk` is paused (by a 429 or v1 403) at `now`, ms since the epoch.
+    pub(super) fn is_paused(&self, rk: &Arc<str>, now: u64) -> bool {
+        self.paused.get(rk).is_some_and(|&until| until > now)
+    }
+
+    /// PagerDuty asked the routing key of line `key` to wait until `at_ms`: no event of that key
+    /// starts before then, and its loaded events leave the window for other keys' (this line's
+    /// included: it is no longer in flight).
+    pub(super) fn pause(&mut self, key: LineKey, at_ms: u64) {
+        let Some(line) = self.lines.get(&key) else { return };
+        let rk = line.routing_key.clone();
+        let until = self.paused.entry(rk.clone()).or_insert(0);
+        if *until < at_ms {
+            *until = at_ms;
+            warn!(routing_key = %redact_routing_key(&rk), pause_s = (at_ms.saturating_sub(now_ms())) / 1000, "routing key paused by PagerDuty rate limit");
+        }
+        self.evict(&rk);
+    }
+
     /// Earliest time some rate-limited key with waiting lines gets room.
     pub(super) fn next_rate_room(&mut self) -> Option<u64> {
         let now = now_ms();
