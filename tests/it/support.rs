@@ -27,6 +27,74 @@ pub struct TestEnv {
     pub spool: PathBuf,
     pub socket: PathBuf,
     pub state: PathBuf,
+    /// Declared last, so released after the rest of the environment is gone.
+    _turn: Turn,
+}
+
+/// Who holds the machine: any number of tests share it, or one test has it alone. A test whose
+/// assertion bounds a delay by PagerDuty's schedule (a probe interval) takes it alone, so that
+/// the CPU another test's daemon and clients use cannot stretch that delay on a 2-core machine.
+/// A test may hold several shared turns (two environments); a test waiting to be alone lets no
+/// new test start, but lets a running one open its second environment.
+struct Turns {
+    shared: usize,
+    alone: bool,
+    alone_waiting: usize,
+}
+
+static TURNS: std::sync::Mutex<Turns> = std::sync::Mutex::new(Turns { shared: 0, alone: false, alone_waiting: 0 });
+static TURN_CHANGED: std::sync::Condvar = std::sync::Condvar::new();
+
+thread_local! {
+    /// Shared turns this test thread holds.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+enum Turn {
+    Shared,
+    Alone,
+}
+
+fn turns() -> std::sync::MutexGuard<'static, Turns> {
+    TURNS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Turn {
+    fn shared() -> Turn {
+        let held = HELD.with(|h| h.get());
+        let mut t = turns();
+        while t.alone || (t.alone_waiting > 0 && held == 0) {
+            t = TURN_CHANGED.wait(t).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        t.shared += 1;
+        HELD.with(|h| h.set(held + 1));
+        Turn::Shared
+    }
+
+    fn alone() -> Turn {
+        let mut t = turns();
+        t.alone_waiting += 1;
+        while t.alone || t.shared > 0 {
+            t = TURN_CHANGED.wait(t).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        t.alone_waiting -= 1;
+        t.alone = true;
+        Turn::Alone
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut t = turns();
+        match self {
+            Turn::Shared => {
+                t.shared = t.shared.saturating_sub(1);
+                HELD.with(|h| h.set(h.get().saturating_sub(1)));
+            }
+            Turn::Alone => t.alone = false,
+        }
+        TURN_CHANGED.notify_all();
+    }
 }
 
 pub struct Daemon {
@@ -41,6 +109,16 @@ impl TestEnv {
 
     /// `extra` is appended inside the top level; use full section headers in it.
     pub fn with_config(extra: &str) -> TestEnv {
+        TestEnv::build(extra, Turn::shared())
+    }
+
+    /// [`TestEnv::with_config`] for a test that must have the machine to itself: it waits until
+    /// no other test holds an environment, and none starts until it is dropped.
+    pub fn alone_with_config(extra: &str) -> TestEnv {
+        TestEnv::build(extra, Turn::alone())
+    }
+
+    fn build(extra: &str, turn: Turn) -> TestEnv {
         let fake = FakeApi::start();
         let dir = tempfile::Builder::new().prefix("pdrelay-it").tempdir_in("/tmp").unwrap();
         let spool = dir.path().join("spool");
@@ -76,7 +154,7 @@ probe_interval = "200ms"
         );
         std::fs::write(&config, merge_sections(&text, extra)).unwrap();
         std::fs::create_dir_all(&spool).unwrap();
-        TestEnv { dir, fake, config, spool, socket, state }
+        TestEnv { dir, fake, config, spool, socket, state, _turn: turn }
     }
 
     pub fn command(&self) -> Command {
