@@ -57,6 +57,17 @@ fn split_pair<'a>(value: &'a str, flag: &str) -> Result<(&'a str, &'a str), Even
     value.split_once('=').ok_or_else(|| EventError::new(flag, format!("must be KEY=VALUE (got {value:?})")))
 }
 
+/// Events API v2 `links[]` and `images[]` (`--link`, `--image`), the same in alert and change
+/// events; nothing is added for an empty list.
+fn put_links_and_images(obj: &mut Map<String, Value>, links: Vec<Value>, images: &[String]) {
+    if !links.is_empty() {
+        obj.insert("links".into(), Value::Array(links));
+    }
+    if !images.is_empty() {
+        obj.insert("images".into(), Value::Array(images.iter().map(|src| json!({"src": src})).collect()));
+    }
+}
+
 /// Builds the event JSON from the flags, in the shape `--api` and `--change` select.
 pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
     let mut fields = Map::new();
@@ -92,12 +103,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
             payload.insert("custom_details".into(), Value::Object(fields));
         }
         obj.insert("payload".into(), Value::Object(payload));
-        if !links.is_empty() {
-            obj.insert("links".into(), Value::Array(links));
-        }
-        if !args.images.is_empty() {
-            obj.insert("images".into(), Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()));
-        }
+        put_links_and_images(&mut obj, links, &args.images);
         return Ok(Value::Object(obj));
     }
     let action = match args.event_action {
@@ -167,12 +173,7 @@ pub fn event_json(args: &SendArgs) -> Result<Value, EventError> {
                 }
                 obj.insert("payload".into(), Value::Object(payload));
             }
-            if !links.is_empty() {
-                obj.insert("links".into(), Value::Array(links));
-            }
-            if !args.images.is_empty() {
-                obj.insert("images".into(), Value::Array(args.images.iter().map(|s| json!({"src": s})).collect()));
-            }
+            put_links_and_images(&mut obj, links, &args.images);
         }
     }
     Ok(Value::Object(obj))
