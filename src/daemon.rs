@@ -171,12 +171,7 @@ async fn serve(
             url: Some(file.heartbeat.url.clone()).filter(|u| !u.is_empty()),
             interval: file.heartbeat.interval,
             check_interval: file.heartbeat.check_interval,
-            client: EventsClient::with_network(
-                &config.events_url,
-                file.pagerduty.connect_timeout,
-                file.pagerduty.request_timeout,
-                &config.network(),
-            )?,
+            client: client.clone(),
             failing: failing.clone(),
             watch: watch.clone(),
             metrics: Some(metrics.clone()),

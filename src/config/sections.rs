@@ -69,7 +69,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// `[ackback]`: where PagerDuty acknowledgements are passed back to. Every key empty: off.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AckBackSection {
     /// Nagios's external command file (its FIFO, `command_file` in nagios.cfg); empty for none.

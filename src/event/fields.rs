@@ -298,6 +298,7 @@ pub(crate) fn check_images(images: &[Image]) -> Result<(), EventError> {
     Ok(())
 }
 
+/// A required summary (v2 alert, change): present, cut to [`MAX_SUMMARY_CHARS`], and not blank
 /// after the cut.
 pub(crate) fn required_summary(summary: Option<String>, field: &str) -> Result<String, EventError> {
     let mut summary = summary.unwrap_or_default();

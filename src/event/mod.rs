@@ -244,7 +244,6 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, 
     })
 }
 
-/// A required summary (v2 alert, change): present, cut to [`MAX_SUMMARY_CHARS`], and not blank
 #[cfg(test)]
 mod tests {
     use super::*;

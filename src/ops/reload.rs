@@ -98,6 +98,17 @@ pub fn restart_needed(old: &ConfigFile, new: &ConfigFile) -> Vec<&'static str> {
     {
         keys.push("[pagerduty] (except default_routing_key)");
     }
+    // Compared by value, not by their Debug form: the REST key and the Icinga 2 password are
+    // secrets, which Debug does not show.
+    if a.rest_api_key != b.rest_api_key
+        || a.rest_api_key_file != b.rest_api_key_file
+        || a.rest_api_url != b.rest_api_url
+        || a.rest_service_ids != b.rest_service_ids
+        || a.reconcile_interval != b.reconcile_interval
+        || old.ackback != new.ackback
+    {
+        keys.push("pagerduty.rest_*, reconcile_interval, [ackback]");
+    }
     if old.shutdown_timeout != new.shutdown_timeout || old.log_format != new.log_format {
         keys.push("shutdown_timeout, log_format");
     }
@@ -131,4 +142,22 @@ pub fn reload(
         tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_that_need_a_restart_are_named_secrets_included() {
+        let old = ConfigFile::default();
+        let mut new = old.clone();
+        new.pagerduty.default_routing_key = "R0000000000000000000000000000001".into();
+        assert!(restart_needed(&old, &new).is_empty(), "the default routing key is reloaded");
+        new.pagerduty.rest_api_key = crate::config::sections::Secret("other".into());
+        assert_eq!(restart_needed(&old, &new), vec!["pagerduty.rest_*, reconcile_interval, [ackback]"]);
+        let mut new = old.clone();
+        new.ackback.icinga2_password = crate::config::sections::Secret("other".into());
+        assert_eq!(restart_needed(&old, &new), vec!["pagerduty.rest_*, reconcile_interval, [ackback]"]);
+    }
 }
