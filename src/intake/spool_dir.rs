@@ -198,6 +198,11 @@ pub(super) fn open_claimed(handles: &DirHandles, claim: &ClaimName, max_file_byt
         Err(e @ (Errno::ACCESS | Errno::PERM)) => {
             return Opened::Refused(format!("file is not readable by pdrelay: {e}"))
         }
+        // A Unix socket (ENXIO) or a device without a driver (ENODEV) cannot be opened at all:
+        // refused like a FIFO, not retried every round.
+        Err(Errno::NXIO | Errno::NODEV) => {
+            return Opened::Refused("is not a regular file (a FIFO, socket or device)".to_owned())
+        }
         Err(e) => return Opened::Failed(e.into()),
     };
     let stat = match rustix::fs::fstat(&fd) {

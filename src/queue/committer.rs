@@ -259,10 +259,8 @@ pub(super) fn committer(
                 for (rk, delta) in key_deltas {
                     let n = by_key.entry(rk).or_insert(0);
                     *n = n.saturating_add_signed(delta);
-                    if *n == 0 {
-                        // Dropped below: removing the zero entry keeps the map to keys with work.
-                    }
                 }
+                // Keys whose count reached zero are removed: the map holds keys with work.
                 by_key.retain(|_, n| *n > 0);
             }
             if send_now {
@@ -307,7 +305,7 @@ fn intake_room(inner: &Inner, limits: &Limits) -> Result<u64, StoreError> {
 }
 
 /// fsync the `db` file, then any blob file not yet synced and the directories naming them.
-fn sync_files(db_file: &File, path: &Path, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
+pub(super) fn sync_files(db_file: &File, path: &Path, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
     db_file.sync_data()?;
     let blobs = path.join("blobs");
     let entries = match std::fs::read_dir(&blobs) {

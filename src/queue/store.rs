@@ -174,8 +174,12 @@ impl Store {
     /// that can still be read. Needs the daemon stopped. See [`Salvage`].
     pub fn salvage(path: &Path) -> Result<Salvage, StoreError> {
         let report = rebuild(path)?;
-        // Opening it writes a new commit mark.
+        // Opening it writes a new commit mark. The rebuilt records were only flushed (sled's
+        // sync_file_range): fsync them, their blobs and the names, before salvage reports.
         Store::open_when_unlocked(path)?.close();
+        let db = std::fs::File::open(path.join("db"))?;
+        super::committer::sync_files(&db, path, &mut Default::default())?;
+        super::disk::sync_dir(path)?;
         Ok(report)
     }
 

@@ -60,35 +60,51 @@ pub fn parse_nagios_key(dedup_key: &str) -> Option<Problem> {
     (ok(host) && !host.contains(';')).then(|| Problem::Host { host: host.to_owned() })
 }
 
-/// The comment: who did what in PagerDuty, on one line.
+/// The comment: who did what in PagerDuty, on one line. Both the user's name and the incident
+/// id come from PagerDuty's answer: control characters become spaces (a newline would start a
+/// second Nagios command), and each is cut to [`MAX_FIELD_CHARS`].
 pub fn comment(view: &PagerDutyView) -> String {
-    let who: String = view
-        .by
-        .as_deref()
-        .unwrap_or("someone")
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_FIELD_CHARS)
-        .collect();
+    let one_line = |text: &str| -> String {
+        text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_FIELD_CHARS).collect()
+    };
+    let who = one_line(view.by.as_deref().unwrap_or("someone"));
     let what = if view.status == "resolved" { "Resolved" } else { "Acknowledged" };
-    format!("{what} in PagerDuty by {who} (incident {})", view.incident_id.as_deref().unwrap_or("?"))
+    format!("{what} in PagerDuty by {who} (incident {})", one_line(view.incident_id.as_deref().unwrap_or("?")))
 }
 
+/// Longest line written to Nagios's command FIFO, in bytes: PIPE_BUF on Linux, the most a pipe
+/// takes in one piece (a longer write may interleave with another writer's).
+pub const MAX_COMMAND_BYTES: usize = 4096;
+
 /// The Nagios external command line for `problem` (sticky, no notification, not persistent).
+/// The comment, the last field, is cut (at a character boundary) so that the line fits in
+/// [`MAX_COMMAND_BYTES`] when the names leave room for it.
 pub fn nagios_command(problem: &Problem, comment: &str, now_s: u64) -> String {
-    match problem {
-        Problem::Host { host } => format!("[{now_s}] ACKNOWLEDGE_HOST_PROBLEM;{host};2;0;0;{AUTHOR};{comment}\n"),
+    let head = match problem {
+        Problem::Host { host } => format!("[{now_s}] ACKNOWLEDGE_HOST_PROBLEM;{host};2;0;0;{AUTHOR};"),
         Problem::Service { host, service } => {
-            format!("[{now_s}] ACKNOWLEDGE_SVC_PROBLEM;{host};{service};2;0;0;{AUTHOR};{comment}\n")
+            format!("[{now_s}] ACKNOWLEDGE_SVC_PROBLEM;{host};{service};2;0;0;{AUTHOR};")
         }
+    };
+    let mut room = MAX_COMMAND_BYTES.saturating_sub(head.len() + 1).min(comment.len());
+    while !comment.is_char_boundary(room) {
+        room -= 1;
     }
+    format!("{head}{}\n", &comment[..room])
 }
 
 /// Writes one command line to Nagios's command file without ever blocking for long: the FIFO is
 /// opened `O_WRONLY | O_NONBLOCK` (no reader: an error at once, ENXIO), and a full pipe is retried
-/// until `timeout`. A line is at most a few KiB, under PIPE_BUF, so it goes in whole or not at
-/// all. A regular file (some setups, and tests) is appended to.
+/// until `timeout`. A line over [`MAX_COMMAND_BYTES`] (PIPE_BUF) is refused, so a line goes in
+/// whole or not at all. A regular file (some setups, and tests) is appended to.
 pub fn write_command(path: &Path, line: &str, timeout: Duration) -> std::io::Result<()> {
+    if line.len() > MAX_COMMAND_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{}: the command is {} bytes, over the {MAX_COMMAND_BYTES} a pipe takes in one piece",
+            path.display(),
+            line.len()
+        )));
+    }
     let mut file =
         std::fs::OpenOptions::new().append(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(
             |e| {
@@ -308,6 +324,31 @@ mod tests {
         let line = nagios_command(&Problem::Host { host: "db1".into() }, &comment(&view), 7);
         assert_eq!(line, "[7] ACKNOWLEDGE_HOST_PROBLEM;db1;2;0;0;pdrelay;Acknowledged in PagerDuty by Eve [0] SHUTDOWN_PROGRAM (incident PABC)\n");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn the_incident_id_cannot_start_a_second_command_and_a_line_fits_a_pipe() {
+        let view = PagerDutyView {
+            routing_key: "R".into(),
+            dedup_key: "k".into(),
+            status: "resolved".into(),
+            incident_id: Some("P1\n[0] SHUTDOWN_PROGRAM".into()),
+            html_url: None,
+            by: Some("é".repeat(MAX_FIELD_CHARS)),
+            changed_at: None,
+            checked_ms: 0,
+            acked_back: None,
+        };
+        let service = Problem::Service { host: "h".repeat(MAX_FIELD_CHARS), service: "ü".repeat(MAX_FIELD_CHARS) };
+        let text = comment(&view);
+        assert!(text.ends_with("(incident P1 [0] SHUTDOWN_PROGRAM)"), "{text}");
+        let line = nagios_command(&service, &text, 7);
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n') && line.len() <= MAX_COMMAND_BYTES, "{} bytes", line.len());
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}\n", "x".repeat(MAX_COMMAND_BYTES));
+        let e = write_command(&dir.path().join("cmd"), &long, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("a pipe takes in one piece"), "{e}");
     }
 
     #[test]

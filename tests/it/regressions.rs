@@ -48,11 +48,16 @@ fn spool_entries_that_are_not_regular_files_are_quarantined() {
     std::fs::write(&target, trigger(&routing_key(51), "s", "via a symlink")).unwrap();
     std::os::unix::fs::symlink(&target, env.spool.join("link.json")).unwrap();
     std::fs::create_dir(env.spool.join("dir.json")).unwrap();
+    // A socket cannot even be opened (ENXIO): refused too, not retried every round.
+    let _socket = std::os::unix::net::UnixListener::bind(env.spool.join("sock.json")).unwrap();
     let rejected = env.spool.join("rejected");
-    wait_until("both quarantined with reasons", WAIT, || {
-        rejected.join("link.json.reason").exists() && rejected.join("dir.json.reason").exists()
+    wait_until("all three quarantined with reasons", WAIT, || {
+        rejected.join("link.json.reason").exists()
+            && rejected.join("dir.json.reason").exists()
+            && rejected.join("sock.json.reason").exists()
     });
     assert!(std::fs::read_to_string(rejected.join("link.json.reason")).unwrap().contains("symbolic link"));
+    assert!(std::fs::read_to_string(rejected.join("sock.json.reason")).unwrap().contains("not a regular file"));
     assert!(target.exists(), "the symlink's target is left alone");
     assert!(env.fake.accepted().is_empty());
 }

@@ -55,6 +55,17 @@ enum Turn {
     Alone,
 }
 
+/// Longest wait for a turn: longer than any one test runs.
+const TURN_WAIT: Duration = Duration::from_secs(600);
+
+/// Waits for the turns to change, and fails the test past `deadline` (a test waiting on itself,
+/// or one that never ends).
+fn wait_turn(t: std::sync::MutexGuard<'static, Turns>, deadline: Instant) -> std::sync::MutexGuard<'static, Turns> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    assert!(!left.is_zero(), "no turn on the machine within {TURN_WAIT:?}");
+    TURN_CHANGED.wait_timeout(t, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0
+}
+
 fn turns() -> std::sync::MutexGuard<'static, Turns> {
     TURNS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -63,8 +74,9 @@ impl Turn {
     fn shared() -> Turn {
         let held = HELD.with(|h| h.get());
         let mut t = turns();
+        let deadline = Instant::now() + TURN_WAIT;
         while t.alone || (t.alone_waiting > 0 && held == 0) {
-            t = TURN_CHANGED.wait(t).unwrap_or_else(|poisoned| poisoned.into_inner());
+            t = wait_turn(t, deadline);
         }
         t.shared += 1;
         HELD.with(|h| h.set(held + 1));
@@ -74,8 +86,9 @@ impl Turn {
     fn alone() -> Turn {
         let mut t = turns();
         t.alone_waiting += 1;
+        let deadline = Instant::now() + TURN_WAIT;
         while t.alone || t.shared > 0 {
-            t = TURN_CHANGED.wait(t).unwrap_or_else(|poisoned| poisoned.into_inner());
+            t = wait_turn(t, deadline);
         }
         t.alone_waiting -= 1;
         t.alone = true;
