@@ -204,18 +204,22 @@ fn a_send_group_member_can_hand_events_over_and_nothing_else() {
             let out = users.shell_as(user, &script);
             assert!(!out.status.success(), "{} could {what}", user.0);
         }
-        for args in [vec!["queue", "status"], vec!["queue", "list"], vec!["queue", "purge"], vec!["alerts"]] {
+        let purge = vec!["queue", "purge", "--state", "delivered"];
+        for args in [vec!["queue", "status"], vec!["queue", "list"], purge, vec!["alerts"]] {
             let out = users.command_as(user, &env).args(&args).output().unwrap();
             assert!(!out.status.success(), "{} could run {args:?} with the daemon running", user.0);
+            // Refused, not a usage error (exit 2), which would pass for any user.
+            assert_ne!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     assert!(env.spool.join("rejected/bad.json").exists());
 
     // With the daemon stopped, still nothing.
     stop(daemon);
-    for args in [vec!["queue", "purge"], vec!["queue", "status"], vec!["queue", "salvage"]] {
+    for args in [vec!["queue", "purge", "--state", "delivered"], vec!["queue", "status"], vec!["queue", "salvage"]] {
         let out = users.command_as(&users.producer, &env).args(&args).output().unwrap();
         assert!(!out.status.success(), "a producer could run {args:?} with the daemon stopped");
+        assert_ne!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let total = &env.queue_json(&["status"])["total"];
     assert_eq!(
